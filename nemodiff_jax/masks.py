@@ -24,8 +24,7 @@ Per-row fields are traced int32 arrays, so changing them never recompiles.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -89,10 +88,29 @@ def block_diff(seq_len: int, block: int, batch: int) -> AttentionPolicy:
     return AttentionPolicy(_rows(0, batch), _rows(0, batch), _rows(2 * seq_len, batch), "block_diff", block)
 
 
-def window_visibility(policy: AttentionPolicy, q_idx, k_idx):
+class RowPolicy(NamedTuple):
+    """One row's policy: the same fields as :class:`AttentionPolicy`, as scalars.
+
+    What the per-row mask code (the dense builder under vmap, the Pallas kernel body) reads.
+    """
+
+    prefix_len: Any
+    bidir_start: Any
+    window_len: Any
+    layout: str = "window"
+    block: int = 0
+
+
+def row_view(policy: AttentionPolicy, prefix_len, bidir_start, window_len) -> RowPolicy:
+    """The static structure of ``policy`` with one row's traced fields."""
+    return RowPolicy(prefix_len, bidir_start, window_len, policy.layout, policy.block)
+
+
+def window_visibility(policy, q_idx, k_idx):
     """Whether window query ``q_idx`` may see window key ``k_idx`` (broadcasting int arrays).
 
-    ``policy`` fields must already be broadcast against the indices (scalars per row).
+    ``policy`` is a :class:`RowPolicy` (scalar fields, see :func:`row_view`) or a policy whose
+    fields already broadcast against the indices.
     Shared by the XLA mask builder and the Pallas kernel so the two cannot drift.
     """
     if policy.layout == "window":
@@ -115,7 +133,7 @@ def window_visibility(policy: AttentionPolicy, q_idx, k_idx):
     return noisy_noisy | noisy_clean | clean_clean
 
 
-def visibility(policy: AttentionPolicy, q_idx, k_slot):
+def visibility(policy, q_idx, k_slot):
     """Whether window query ``q_idx`` may see cache slot ``k_slot`` (per-row scalar fields)."""
     in_prefix = k_slot < policy.prefix_len
     k_win = k_slot - policy.prefix_len
@@ -129,7 +147,6 @@ def build_mask(policy: AttentionPolicy, num_queries: int, num_keys: int) -> Bool
     k = jnp.arange(num_keys, dtype=jnp.int32)[None, :]
 
     def one_row(prefix_len, bidir_start, window_len):
-        row = dataclasses.replace(policy, prefix_len=prefix_len, bidir_start=bidir_start, window_len=window_len)
-        return visibility(row, q, k)
+        return visibility(row_view(policy, prefix_len, bidir_start, window_len), q, k)
 
     return jax.vmap(one_row)(policy.prefix_len, policy.bidir_start, policy.window_len)

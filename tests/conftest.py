@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random HF Ministral3 checkpoints built inside the test run (offline)."""
+"""Test-session setup: CPU only, offline, and runtime shape/dtype checks.
+
+jaxtyping's import hook wraps every annotated function and dataclass in our packages with
+beartype, so a wrong shape or dtype fails the test at trace time.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
+from jaxtyping import install_import_hook  # noqa: E402
 
-jax.config.update("jax_enable_x64", False)
+_hook = install_import_hook(["nemodiff_jax", "pallas_kernels", "convert_weights"], "beartype.beartype")
