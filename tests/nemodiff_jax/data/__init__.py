@@ -1,0 +1,1 @@
+"""Tests of nemodiff_jax.data."""
