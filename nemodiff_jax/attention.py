@@ -27,7 +27,9 @@ def xla_attention(
     scores = jnp.einsum("bkgqd,bktd->bkgqt", qg, k, preferred_element_type=jnp.float32) * sm_scale
     mask = build_mask(policy, nq, t)[:, None, None, :, :]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
+    # A row that sees nothing (only possible for an empty prefix and window) returns zeros,
+    # as the Pallas kernel does, rather than the mean of the values.
+    probs = jax.nn.softmax(scores, axis=-1) * jnp.any(mask, axis=-1, keepdims=True)
     out = jnp.einsum("bkgqt,bktd->bkgqd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return out.reshape(b, h, nq, d).astype(q.dtype)
 

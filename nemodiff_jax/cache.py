@@ -7,6 +7,8 @@ leave it ("peek", a draft), advance it ("commit"), or set it back ("crop").
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -17,9 +19,11 @@ from .config import NLDConfig
 
 @struct.dataclass
 class KVCache:
-    k: Float[Array, "L B K T D"]
-    v: Float[Array, "L B K T D"]
-    length: Int[Array, "B"]
+    # k, v: [layers, B, kv_heads, T_max, head_dim]; length: int32[B]. Plain annotations so
+    # JAX may rebuild the pytree from placeholder leaves under runtime type checks.
+    k: Any
+    v: Any
+    length: Any
 
     @property
     def max_len(self) -> int:

@@ -39,9 +39,11 @@ LAYOUTS = ("window", "quadratic", "block_diff")
 class AttentionPolicy:
     """Which cached keys each window query may see. See the module docstring."""
 
-    prefix_len: Int[Array, "B"]
-    bidir_start: Int[Array, "B"]
-    window_len: Int[Array, "B"]
+    # int32[B] each. Plain annotations on purpose: JAX rebuilds pytrees from placeholder
+    # leaves (jit(...).trace, custom_vjp), which a runtime shape check would reject.
+    prefix_len: Any
+    bidir_start: Any
+    window_len: Any
     layout: str = struct.field(pytree_node=False, default="window")
     block: int = struct.field(pytree_node=False, default=0)
 

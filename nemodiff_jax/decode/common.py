@@ -8,6 +8,8 @@ length, so the padding K/V are never visible and get overwritten by the next wri
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -28,10 +30,10 @@ class DecodeOutput:
     nfe: forward passes per row, counted as NLD_SPEC section 3 counts them for the mode.
     """
 
-    tokens: Int[Array, "B N"]
-    num_tokens: Int[Array, "B"]
-    nfe: Int[Array, "B"]
-    stats: dict
+    tokens: Any  # int32[B, N]
+    num_tokens: Any  # int32[B]
+    nfe: Any  # int32[B]
+    stats: Any  # dict[str, array]
 
 
 def positions_from(start: Int[Array, "B"], width: int) -> Int[Array, "B Q"]:
