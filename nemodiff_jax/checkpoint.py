@@ -51,24 +51,23 @@ def load_model(path, dtype: str | None = None, attention_impl: str | None = None
 
 
 def read_hf(directory: Path, dtype: str | None = None, **overrides):
-    """Config and parameters straight from an HF NLD checkpoint directory."""
-    from convert_weights.keymap import CheckpointError, assemble_params, check_names_and_shapes
-    from convert_weights.sources import TensorSource
+    """Config and parameters straight from an HF NLD checkpoint directory, with the bundled
+    draft LoRA (``linear_spec_lora/``) when it has one. Everything is checked first; one
+    CheckpointError lists all problems."""
+    from convert_weights.hf_read import open_hf
+    from convert_weights.jax_format import to_device
+    from convert_weights.keymap import assemble_params
 
-    cfg = NLDConfig.from_hf(directory)
-    if dtype is not None:
-        overrides["dtype"] = dtype
-    if overrides:
-        cfg = cfg.replace(**overrides)
-    src = TensorSource(directory)
-    problems = check_names_and_shapes(cfg, src.shapes())
-    if problems:
-        raise CheckpointError(problems, str(directory))
-    np_dtype = jnp.dtype(cfg.dtype)
-    tree = assemble_params(cfg, src.get, src.names(), dtype=np_dtype)
-    import jax
-
-    return cfg, jax.tree.map(jnp.asarray, tree)
+    ckpt = open_hf(directory, dtype=dtype, **overrides)
+    cfg = ckpt.config
+    np_dtype = as_numpy_dtype(cfg.dtype)
+    tree = assemble_params(cfg, ckpt.source.get, dtype=np_dtype, include_lora=False)
+    if ckpt.adapter is not None:
+        get = ckpt.adapter.source.get
+        lora = assemble_params(cfg, get, dtype=np_dtype, include_lora=True, lora_only=True)
+        tree["layers"]["self_attn"].update(lora["layers"]["self_attn"])
+        del lora
+    return cfg, to_device(tree)
 
 
 def as_numpy_dtype(name: str):
