@@ -1,6 +1,8 @@
 """nemodiff-jax: Nemotron-Labs-Diffusion tri-mode language models in pure-functional JAX/Flax.
 
-Names are imported lazily so that ``nemodiff --help`` does not pay for importing JAX.
+Names are imported lazily, except ``generate``: a submodule of the same name exists, and the
+import system would rebind ``nemodiff_jax.generate`` to that module on its first import, so
+the function is bound eagerly, right after the module loads.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ _EXPORTS = {
     "init_params": "api",
     "abstract_params": "api",
     "count_params": "api",
-    "generate": "generate",
-    "GenerateResult": "generate",
     "KVCache": "cache",
     "NLDConfig": "config",
     "AttentionPolicy": "masks",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "generate", "GenerateResult"])
+
+from .generate import GenerateResult, generate  # noqa: E402,F401  (see the docstring)
 
 
 def __getattr__(name: str):
@@ -44,5 +46,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .api import Model, abstract_params, count_params, forward, forward_logits, init_params, load  # noqa: F401
     from .cache import KVCache  # noqa: F401
     from .config import NLDConfig  # noqa: F401
-    from .generate import GenerateResult, generate  # noqa: F401
     from .masks import AttentionPolicy  # noqa: F401
