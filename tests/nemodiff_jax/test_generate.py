@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nemodiff_jax import generate as gen_mod
+import sys
+
+import nemodiff_jax.generate  # noqa: F401  (the module; nd.generate is the function)
+
+gen_mod = sys.modules["nemodiff_jax.generate"]
 from nemodiff_jax.decode.ar import ar_decode
 from nemodiff_jax.decode.diffusion import diffusion_decode
 from nemodiff_jax.generate import generate
