@@ -1,0 +1,163 @@
+"""The joint NLD training objective (NLD_SPEC 4): L = w_ar * L_AR + w_diff * L_diff.
+
+One forward over the doubled sequence ``[x_t | x_0]`` under the block-diff mask (NLD_SPEC 2.6)
+gives both logit sets: ``logits[:, :L]`` are diffusion logits (position j predicts clean token
+j), ``logits[:, L:]`` causal logits (position j predicts token j+1). Both halves are positioned
+0..L-1. Losses are summed over the batch and divided once by the global token count
+``N_masked + N_AR`` ("global token averaging", NLD_SPEC 4.2), so short answers and long
+windows weigh per token, not per sequence.
+
+``eligible`` (= the data's ``loss_mask``) marks the supervised tokens: only they are ever
+masked and scored by the diffusion loss, and only they are AR targets. For SFT rows it is 1
+on the answer only, so prompts are never corrupted and carry no loss; for plain text it is
+all ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from .. import masks
+from ..api import forward
+from ..config import NLDConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """Static knobs of the loss (hashable: it is a static jit argument)."""
+
+    ar_weight: float = 1.0
+    diff_weight: float = 0.3
+    eps: float = 1e-3
+    corruption: str = "uniform"  # or "blockwise" (NLD_SPEC 4.3, position dependent)
+    half_life_ratio: float = 0.25
+    block_size: int = 32
+
+    def __post_init__(self):
+        if self.corruption not in ("uniform", "blockwise"):
+            raise ValueError(f"corruption must be 'uniform' or 'blockwise', got {self.corruption!r}")
+
+
+def corrupt_uniform(
+    key: PRNGKeyArray, eligible: Bool[Array, "B L"], eps: float = 1e-3
+) -> tuple[Bool[Array, "B L"], Float[Array, "B L"]]:
+    """Per sequence t ~ U(0,1), p = (1-eps) t + eps; each eligible token masked i.i.d. with p.
+
+    Returns the mask and the per-token masking probability (for the 1/p weight).
+    """
+    kt, km = jax.random.split(key)
+    b, length = eligible.shape
+    t = jax.random.uniform(kt, (b, 1))
+    p = (1.0 - eps) * t + eps
+    masked = (jax.random.uniform(km, (b, length)) < p) & eligible
+    return masked, jnp.broadcast_to(p, (b, length))
+
+
+def corrupt_blockwise(
+    key: PRNGKeyArray,
+    eligible: Bool[Array, "B L"],
+    block: int,
+    eps: float = 1e-3,
+    half_life_ratio: float = 0.25,
+) -> tuple[Bool[Array, "B L"], Float[Array, "B L"]]:
+    """Position-dependent corruption (NLD_SPEC 4.3 ``corrupt_blockwise``).
+
+    Per block m ~ U(eps, 1); exactly k = round(m * n) of the block's n eligible tokens are
+    masked, chosen by Gumbel-top-k with log-weights lambda (1-m) i (i = index in the block,
+    lambda = ln 2 / (half_life_ratio * block)), so at low ratios later positions are favoured,
+    as in left-to-right decoding. p_mask = m.
+    """
+    b, length = eligible.shape
+    if length % block:
+        raise ValueError(f"blockwise corruption needs seq_len ({length}) to be a multiple of block ({block})")
+    nb = length // block
+    km, kg = jax.random.split(key)
+    m = jax.random.uniform(km, (b, nb, 1), minval=eps, maxval=1.0)
+    elig = eligible.reshape(b, nb, block)
+    n = jnp.sum(elig, axis=-1, keepdims=True)
+    k = jnp.round(m * n).astype(jnp.int32)
+    lam = math.log(2.0) / (half_life_ratio * block)
+    idx = jnp.arange(block, dtype=jnp.float32)
+    scores = jax.random.gumbel(kg, (b, nb, block)) + lam * (1.0 - m) * idx
+    scores = jnp.where(elig, scores, -jnp.inf)
+    rank = jnp.argsort(jnp.argsort(-scores, axis=-1), axis=-1)
+    masked = (rank < k) & elig
+    p = jnp.broadcast_to(m, (b, nb, block))
+    return masked.reshape(b, length), p.reshape(b, length)
+
+
+def corrupt(key, eligible, obj: ObjectiveConfig):
+    if obj.corruption == "blockwise":
+        return corrupt_blockwise(key, eligible, obj.block_size, obj.eps, obj.half_life_ratio)
+    return corrupt_uniform(key, eligible, obj.eps)
+
+
+def doubled_inputs(
+    ids: Int[Array, "B L"], masked: Bool[Array, "B L"], mask_id: int
+) -> tuple[Int[Array, "B T"], Int[Array, "B T"]]:
+    """``[x_t | x_0]`` tokens and their positions ``concat(arange(L), arange(L))``."""
+    b, length = ids.shape
+    x_t = jnp.where(masked, mask_id, ids)
+    pos = jnp.arange(length, dtype=jnp.int32)
+    return jnp.concatenate([x_t, ids], axis=1), jnp.broadcast_to(jnp.concatenate([pos, pos]), (b, 2 * length))
+
+
+def token_ce(logits: Float[Array, "B L V"], targets: Int[Array, "B L"]) -> Float[Array, "B L"]:
+    """Per-token cross-entropy in float32."""
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return logz - picked
+
+
+def loss_from_logits(
+    logits: Float[Array, "B T V"],
+    ids: Int[Array, "B L"],
+    eligible: Bool[Array, "B L"],
+    masked: Bool[Array, "B L"],
+    p_mask: Float[Array, "B L"],
+    obj: ObjectiveConfig,
+) -> tuple[Float[Array, ""], dict]:
+    """Global-token-averaged joint loss from the doubled-sequence logits, plus metrics."""
+    length = ids.shape[1]
+    diff_logits, ar_logits = logits[:, :length], logits[:, length:]
+    m = masked.astype(jnp.float32)
+    diff_ce = token_ce(diff_logits, ids)
+    diff_sum = jnp.sum(m * diff_ce / p_mask)
+    ar_mask = eligible[:, 1:].astype(jnp.float32)
+    ar_ce = token_ce(ar_logits[:, :-1], ids[:, 1:])
+    ar_sum = jnp.sum(ar_mask * ar_ce)
+    n_masked, n_ar = jnp.sum(m), jnp.sum(ar_mask)
+    denom = jnp.maximum(n_masked + n_ar, 1.0)
+    loss = (obj.ar_weight * ar_sum + obj.diff_weight * diff_sum) / denom
+    metrics = {
+        "loss": loss,
+        "ar_loss": ar_sum / jnp.maximum(n_ar, 1.0),
+        "diff_loss": diff_sum / jnp.maximum(n_masked, 1.0),
+        "diff_ce": jnp.sum(m * diff_ce) / jnp.maximum(n_masked, 1.0),
+        "n_masked": n_masked,
+        "n_ar": n_ar,
+    }
+    return loss, metrics
+
+
+def joint_loss(
+    params,
+    cfg: NLDConfig,
+    obj: ObjectiveConfig,
+    ids: Int[Array, "B L"],
+    loss_mask: Int[Array, "B L"],
+    key: PRNGKeyArray,
+) -> tuple[Float[Array, ""], dict]:
+    """Corrupt, run the one doubled forward, and return (loss, metrics)."""
+    b, length = ids.shape
+    eligible = loss_mask.astype(bool)
+    masked, p_mask = corrupt(key, eligible, obj)
+    tokens, positions = doubled_inputs(ids, masked, cfg.mask_token_id)
+    policy = masks.block_diff(length, obj.block_size, b)
+    logits, _ = forward(params, cfg, tokens, positions, policy, None, jnp.float32(0.0))
+    return loss_from_logits(logits, ids, eligible, masked, p_mask, obj)
