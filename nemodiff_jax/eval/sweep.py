@@ -1,0 +1,273 @@
+"""Sampler ablation: a grid over unmasking policy x threshold x block length x temperature x LoRA
+for block diffusion, giving the accuracy-vs-TPF table and its Pareto front.
+
+What compiles: ``diffusion_decode`` is keyed by the policy, the block length and the shapes;
+threshold, gamma, temperature and LoRA are traced. So each (policy, block length) group
+compiles once and its other rows reuse the program; every row records the compilations it
+caused (``compiles``), which shows it. With ``fuse`` (default), the threshold (or ``eb``'s gamma)
+values of a group go in ONE call: the prompts are repeated once per value and each row
+carries its own threshold (the decoder broadcasts a per-row threshold array). Wall time of
+a fused call is charged to its values in proportion to their rows, so compare tokens/s of
+fused rows with care (the loop runs until the slowest row ends); TPF and accuracy are exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..generate import out_bucket, prompt_bucket
+from . import scorers
+from .codec import Codec
+from .compiles import CompileCounter
+from .datasets import Example, load_tasks
+from .progress import progress_bar
+from .runner import aggregate, evaluate
+
+THRESHOLD_POLICIES = ("threshold",)
+GAMMA_POLICIES = ("eb",)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepGrid:
+    """The swept values. ``thresholds`` apply to ``threshold``, ``gammas`` to ``eb``; other policies
+    (quota, margin, entropy, leftmost, random) commit the NLD_SPEC 3.2 quota schedule."""
+
+    policies: tuple[str, ...] = ("threshold", "quota")
+    thresholds: tuple[float, ...] = (0.5, 0.7, 0.9)
+    block_lengths: tuple[int, ...] = (8,)
+    temperatures: tuple[float, ...] = (0.0,)
+    loras: tuple[bool, ...] = (False,)
+    gammas: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+    def groups(self):
+        """(policy, block, temperature, lora, values) with ``values`` the traced per-row knob list."""
+        for policy, bl, temp, lora in itertools.product(self.policies, self.block_lengths, self.temperatures, self.loras):
+            if policy in THRESHOLD_POLICIES:
+                values = [("threshold", float(t)) for t in self.thresholds]
+            elif policy in GAMMA_POLICIES:
+                values = [("gamma", float(g)) for g in self.gammas]
+            else:
+                values = [(None, None)]
+            yield policy, int(bl), float(temp), bool(lora), values
+
+    def size(self) -> int:
+        return sum(len(g[-1]) for g in self.groups())
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """``rows``: one dict per configuration (schema: :data:`ROW_FIELDS`)."""
+
+    config: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+    def table(self) -> str:
+        from .report import format_table
+
+        cols = ["kind", "policy", "threshold", "gamma", "block_length", "temperature", "lora", "accuracy", "similarity", "tpf",
+                "nfe_mean", "tokens_per_s", "compiles", "fused", "pareto"]
+        return format_table(self.rows, cols)
+
+    def pareto(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["pareto"]]
+
+    def write(self, out_dir, plot: bool = True, y: str = "auto") -> dict[str, str]:
+        from .report import write_csv, write_json
+
+        from pathlib import Path
+
+        out = Path(out_dir)
+        paths = {
+            "json": str(write_json(dict(config=self.config, rows=self.rows), out / "sweep.json")),
+            "csv": str(write_csv(self.rows, out / "sweep.csv", ROW_FIELDS)),
+        }
+        if plot:
+            from .plot import plot_sweep
+
+            paths.update(plot_sweep(self.rows, out / "sweep", title=self.config.get("title"), y=y))
+        return paths
+
+
+ROW_FIELDS = (
+    "kind", "mode", "policy", "threshold", "gamma", "block_length", "temperature", "lora",
+    "n", "accuracy", "similarity", "tpf", "nfe_mean", "tokens_mean", "tpf_row_mean", "acceptance_length",
+    "tokens_per_s", "wall_time", "compiles", "fused", "pareto",
+)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """Which (accuracy, tpf) points no other point weakly beats on both with one strict win."""
+    flags = []
+    for i, (a, t) in enumerate(points):
+        dominated = any(
+            (a2 >= a and t2 >= t and (a2 > a or t2 > t)) for j, (a2, t2) in enumerate(points) if j != i
+        )
+        flags.append(not dominated)
+    return flags
+
+
+def _diffusion_rows(model, rows: list[list[int]], *, policy, block_length, max_new_tokens, temperature, lora,
+                    thresholds: np.ndarray, gammas: np.ndarray, seed: int):
+    """One jitted ``diffusion_decode`` call whose rows each carry their own threshold and gamma,
+    laid out exactly as ``generate`` lays them out (same buckets, same cache)."""
+    from ..decode.diffusion import diffusion_decode
+
+    cfg = model.config
+    bl = block_length
+    out_len = out_bucket(max_new_tokens, bl)
+    longest = max(len(r) for r in rows)
+    width = prompt_bucket(longest)
+    cache_len = width + out_len + bl
+    prompt = np.full((len(rows), width), cfg.pad_token_id, np.int32)
+    for i, r in enumerate(rows):
+        prompt[i, : len(r)] = r
+    f32, i32 = jnp.float32, jnp.int32
+    # One value for every row: pass scalars, exactly as generate does, so the program is shared.
+    thr = f32(thresholds[0]) if np.all(thresholds == thresholds[0]) else jnp.asarray(thresholds, f32)
+    gam = f32(gammas[0]) if np.all(gammas == gammas[0]) else jnp.asarray(gammas, f32)
+    t0 = time.perf_counter()
+    out = diffusion_decode(
+        model.params, cfg, jnp.asarray(prompt), jnp.asarray([len(r) for r in rows], i32), jax.random.key(seed),
+        i32(max_new_tokens), f32(temperature), i32(0), f32(1.0), thr, f32(1.0 if lora else 0.0),
+        i32(-1), i32(-1), gam,
+        block_length=bl, out_len=out_len, cache_len=cache_len, policy=policy,
+    )
+    out = jax.block_until_ready(out)
+    wall = time.perf_counter() - t0
+    toks, num, nfe = np.asarray(out.tokens), np.asarray(out.num_tokens), np.asarray(out.nfe)
+    return [toks[i, : int(num[i])].tolist() for i in range(len(rows))], [int(x) for x in nfe], wall
+
+
+def run_sweep(
+    model,
+    tasks: Sequence[Example] | str | Sequence[str] = "synthetic",
+    grid: SweepGrid = SweepGrid(),
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    n: int = 4,
+    seed: int = 0,
+    baselines: Sequence[str] = ("ar",),
+    fuse: bool = True,
+    warmup: bool = True,
+    oracle: bool = False,
+    oracle_kwargs: dict | None = None,
+    progress: bool = True,
+    out_dir=None,
+    title: str | None = None,
+) -> SweepResult:
+    """Run the grid on diffusion (plus ``baselines`` modes once each, via :func:`evaluate`).
+
+    ``oracle``: also compute the speed-of-light TPF of each block length (its accuracy is the
+    serial reference's, the output it reproduces); oracle rows are never on the Pareto front.
+    """
+    examples = list(tasks) if not isinstance(tasks, str) and tasks and isinstance(tasks[0], Example) else load_tasks(tasks, n=n)
+    if any(grid.loras) and not model.has_lora:
+        raise ValueError("the grid asks for lora=True but the model has no draft LoRA")
+    codec = Codec.for_model(model)
+    ids = [list(ex.prompt_ids) if ex.prompt_ids is not None else codec.encode(ex.prompt) for ex in examples]
+    order = sorted(range(len(ids)), key=lambda i: (prompt_bucket(len(ids[i])), len(ids[i]), i))
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    rows_out: list[dict[str, Any]] = []
+    compiled: set[tuple] = set()
+
+    with progress_bar(grid.size() * len(examples), enabled=progress, description="sweep") as bar:
+        for policy, bl, temp, lora, values in grid.groups():
+            mnt = max(max_new_tokens // bl, 1) * bl
+            per_value: list[list[dict]] = [[] for _ in values]
+            calls = [[v] for v in range(len(values))] if not fuse else [list(range(len(values)))]
+            for call in calls:
+                with CompileCounter() as cc:
+                    for batch in batches:
+                        rows = [ids[i] for i in batch]
+                        rows = rows + [rows[-1]] * (batch_size - len(rows))
+                        thr = np.repeat([_value(values[v], "threshold", 0.0) for v in call], batch_size)
+                        gam = np.repeat([_value(values[v], "gamma", 1.0) for v in call], batch_size)
+                        kw = dict(policy=policy, block_length=bl, max_new_tokens=mnt, temperature=temp, lora=lora,
+                                  thresholds=thr, gammas=gam, seed=seed)
+                        shape = (policy, bl, len(call) * batch_size, prompt_bucket(max(map(len, rows))))
+                        if warmup and shape not in compiled:
+                            _diffusion_rows(model, rows * len(call), **kw)
+                        compiled.add(shape)
+                        toks, nfe, wall = _diffusion_rows(model, rows * len(call), **kw)
+                        for k, v in enumerate(call):
+                            for r, i in enumerate(batch):
+                                ex = examples[i]
+                                t = toks[k * batch_size + r]
+                                pred = codec.decode(t)
+                                ok = bool(scorers.get(ex.scorer)(pred, ex.answer))
+                                per_value[v].append(dict(tokens=len(t), nfe=nfe[k * batch_size + r],
+                                                         tpf=len(t) / max(nfe[k * batch_size + r], 1), correct=ok,
+                                                         similarity=scorers.similarity(pred, ex.answer),
+                                                         wall_time=wall / len(call) / len(batch)))
+                        bar.advance(len(batch) * len(call), f"{policy} block {bl} T {temp}")
+                for pos, v in enumerate(call):
+                    name, val = values[v]
+                    rows_out.append(dict(
+                        kind="sampler", mode="diffusion", policy=policy,
+                        threshold=val if name == "threshold" else None, gamma=val if name == "gamma" else None,
+                        block_length=bl, temperature=temp, lora=lora, **aggregate(per_value[v]),
+                        compiles=cc.count if pos == 0 else 0, fused=len(call) > 1,
+                    ))
+
+    for spec in baselines:
+        res = evaluate(model, examples, modes=(spec,), batch_size=batch_size, max_new_tokens=max_new_tokens,
+                       seed=seed, warmup=warmup, progress=False)
+        m = res.metric(spec)
+        mode = spec.partition(":")[0]
+        rows_out.append(dict(kind="baseline", mode=spec, policy=mode, threshold=None, gamma=None,
+                             block_length=None if mode == "ar" else model.config.block_size, temperature=0.0,
+                             lora=None, **{k: m[k] for k in m if k not in ("mode", "task", "compile_time")},
+                             compiles=res.compiles[spec], fused=False))
+
+    if oracle:
+        rows_out.extend(_oracle_rows(model, examples, ids, sorted(set(grid.block_lengths)), max_new_tokens,
+                                     oracle_kwargs or {}))
+
+    ranked = [r for r in rows_out if r["kind"] != "oracle"]
+    flags = pareto_front([(r["accuracy"], r["tpf"]) for r in ranked])
+    for r, f in zip(ranked, flags):
+        r["pareto"] = f
+    for r in rows_out:
+        r.setdefault("pareto", False)
+    config = dict(
+        model=getattr(model, "path", None), grid=dataclasses.asdict(grid), batch_size=batch_size,
+        max_new_tokens=max_new_tokens, n_examples=len(examples), tasks=sorted({e.task for e in examples}),
+        baselines=list(baselines), fuse=fuse, oracle=oracle, title=title,
+    )
+    result = SweepResult(config, rows_out)
+    if out_dir is not None:
+        result.write(out_dir)
+    return result
+
+
+def _value(v, name: str, default: float) -> float:
+    return v[1] if v[0] == name else default
+
+
+def _oracle_rows(model, examples, ids, block_lengths, max_new_tokens, kwargs) -> list[dict]:
+    from .oracle import sol_oracle
+
+    codec = Codec.for_model(model)
+    out = []
+    for bl in block_lengths:
+        mnt = max(max_new_tokens // bl, 1) * bl
+        samples = []
+        for ex, prompt in zip(examples, ids):
+            r = sol_oracle(model, prompt, block_length=bl, max_new_tokens=mnt, **{"lora": False, **kwargs})
+            pred = codec.decode(r.tokens)
+            ok = bool(scorers.get(ex.scorer)(pred, ex.answer))
+            samples.append(dict(tokens=r.num_tokens, nfe=r.oracle_nfe, tpf=r.oracle_tpf, correct=ok,
+                                similarity=scorers.similarity(pred, ex.answer), wall_time=0.0))
+        agg = aggregate(samples)
+        agg.update(tokens_per_s=None, wall_time=None)
+        out.append(dict(kind="oracle", mode="diffusion", policy="sol_oracle", threshold=None, gamma=None,
+                        block_length=bl, temperature=0.0, lora=False, **agg, compiles=None, fused=False))
+    return out
