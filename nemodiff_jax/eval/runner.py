@@ -106,7 +106,8 @@ class EvalResults:
     def table(self) -> str:
         from .report import format_table
 
-        cols = ["mode", "task", "n", "accuracy", "nfe_mean", "tpf", "acceptance_length", "tokens_per_s", "wall_time"]
+        cols = ["mode", "task", "n", "accuracy", "similarity", "nfe_mean", "tpf", "acceptance_length", "tokens_per_s",
+                "wall_time"]
         return format_table(self.metrics, cols)
 
     def write(self, out_dir) -> dict[str, str]:
