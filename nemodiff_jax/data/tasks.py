@@ -130,6 +130,26 @@ TASKS: dict[str, Task] = {
 }
 DEFAULT_TASKS = tuple(name for name, t in TASKS.items() if not t.hard)
 
+# Sizes below each task's range, for training only: a share of short examples lets a small model
+# find the copy/position circuits on easy instances first. Held-out scoring always uses TASKS.
+SHORT_SIZES: dict[str, dict[str, Range]] = {
+    "reverse": {"n": (2, 15)},
+    "sort": {"n": (2, 15)},
+    "replace": {"n": (3, 15)},
+    "repeat": {"total": (12, 15)},
+    "zip": {"n": (1, 7)},
+    "shift": {"n": (2, 15)},
+    "add": {"digits": (1, 15)},
+}
+
+
+def short_variant(task: str | Task) -> Task:
+    """`task` resized to its SHORT_SIZES (same name, so per-task rngs and splits are unchanged)."""
+    t = _as_task(task)
+    if t.name not in SHORT_SIZES:
+        raise ValueError(f"no short sizes for task {t.name!r}; known: {sorted(SHORT_SIZES)}")
+    return t.resized(**SHORT_SIZES[t.name])
+
 
 def split_of(prompt: str) -> str:
     """'test' for a fixed ~TEST_PERCENT% of prompts (by hash), else 'train'."""

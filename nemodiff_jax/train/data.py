@@ -23,6 +23,7 @@ class DataConfig:
     kind: str = "tasks"  # "tasks" | "random"
     task_fraction: float = 1.0
     tasks: tuple[str, ...] | None = None
+    short_fraction: float = 0.0  # share of task rows drawn from tasks.short_variant (training aid)
     vocab_size: int = 2048  # random data only
     first_id: int = 8  # random data only: skip special ids
 
@@ -35,6 +36,9 @@ class BatchSource:
         self._tok = tokenizer
         if data.kind not in ("tasks", "random"):
             raise ValueError(f"data.kind must be 'tasks' or 'random', got {data.kind!r}")
+        for name in ("task_fraction", "short_fraction"):
+            if not 0.0 <= getattr(data, name) <= 1.0:
+                raise ValueError(f"data.{name} must be in [0, 1], got {getattr(data, name)}")
 
     @cached_property
     def tokenizer(self):
@@ -63,12 +67,16 @@ class BatchSource:
         from nemodiff_jax.data.batches import corpus_windows, encode_examples
 
         n_task = int(round(self.data.task_fraction * self.batch_size))
+        n_short = int(round(self.data.short_fraction * n_task))
         parts = []
         if n_task:
             # A fresh, distinct seed per step: build_task_dataset seeds each task's rng from it.
-            examples = tasks_lib.build_task_dataset(
-                "train", n_task, seed=self.seed * 1_000_003 + step, tasks=self.data.tasks
-            )
+            seed = self.seed * 1_000_003 + step
+            names = self.data.tasks or tasks_lib.DEFAULT_TASKS
+            examples = tasks_lib.build_task_dataset("train", n_task - n_short, seed=seed, tasks=names)
+            if n_short:
+                short = [tasks_lib.short_variant(t) for t in names]
+                examples += tasks_lib.build_task_dataset("train", n_short, seed=-1 - seed, tasks=short)
             order = np.random.default_rng([self.seed, step, 0]).permutation(n_task)
             ids, mask = encode_examples(self.tokenizer, [examples[i] for i in order], self.seq_len)
             parts.append((ids, mask))

@@ -121,3 +121,20 @@ def test_resized_tasks():
             assert 16 <= len(ys) <= 18
     with pytest.raises(ValueError):
         T.TASKS["repeat"].resized(total=(13, 14)).make(random.Random(0))
+
+
+@pytest.mark.parametrize("name", list(T.TASKS))
+def test_short_variants_are_short_and_correct(name):
+    """Training-only short examples: solvable, and every answer shorter than the scored range."""
+    short = T.short_variant(name)
+    assert short.name == name
+    for prompt, answer, task in T.build_task_dataset("train", 60, seed=1, tasks=[short]):
+        ys = _syms(answer.removesuffix(T.EOS))
+        assert ys == _solve(task, prompt)
+        # Every scored answer has at least 16 symbols (the add answer at least 16 digits).
+        assert len(ys) <= 16 if name == "add" else len(ys) <= 15
+
+
+def test_short_variant_of_unknown_task_raises():
+    with pytest.raises(ValueError, match="unknown task"):
+        T.short_variant("nope")
