@@ -158,6 +158,20 @@ def _check_knobs(cfg, mode, max_new_tokens, block_length, threshold, temperature
         raise ValueError(f"end_think_token_id {end_think_token_id} outside the vocabulary [0, {cfg.vocab_size})")
 
 
+def _keys(seed, n: int):
+    """A single key (int seed) or ``n`` row keys (one seed per prompt)."""
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return jax.random.key(int(seed))
+    seeds = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else None
+    if seeds is None or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in seeds):
+        raise ValueError(f"seed must be an int or a list of ints (one per prompt), got {seed!r}")
+    if len(seeds) != n:
+        raise ValueError(f"seed: got {len(seeds)} seeds for {n} prompts; give one per prompt or a single int")
+    if not all(0 <= int(x) < 2**32 for x in seeds):
+        raise ValueError(f"seed: per-prompt seeds must be in [0, 2**32), got {seeds}")
+    return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+
+
 def generate(
     model: Model,
     prompts,
@@ -168,7 +182,7 @@ def generate(
     temperature: float = 0.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     policy: str = "threshold",
     policy_params: dict | None = None,
     lora: bool | None = None,
@@ -183,6 +197,9 @@ def generate(
     ``policy``: the diffusion unmask policy (:mod:`nemodiff_jax.unmask`); ``policy_params``:
     per-mode extras: diffusion ``gamma`` (``eb``, traced), linear_spec ``acceptance``
     (``"speculative"`` or ``"match"``, static), quadratic_spec ``ar_mix_weight`` (traced, < 0 = off).
+    ``seed``: one int (row i samples with ``fold_in(key(seed), i)``) or one int per prompt (row i
+    samples with ``key(seed[i])`` alone, so its tokens depend only on its prompt, its seed and
+    the knobs, never on the other rows or its place in the batch).
     ``lora``: use the draft LoRA in the bidirectional passes (default: when the model has one;
     AR ignores it). ``cache_len``: static KV-cache slots (default and minimum: the prompt bucket
     + the output bucket + the mode's window slack).
@@ -234,7 +251,7 @@ def generate(
     for i, r in enumerate(rows):
         prompt[i, : len(r)] = r
     prompt, prompt_len = jnp.asarray(prompt), jnp.asarray([len(r) for r in rows], jnp.int32)
-    key = jax.random.key(seed)
+    key = _keys(seed, len(rows))
     i32, f32 = jnp.int32, jnp.float32
     max_new = i32(max_new_tokens)
     think = i32(-1 if max_thinking_tokens is None else max_thinking_tokens)

@@ -8,6 +8,9 @@ At ``temperature == 0`` the choice is the greedy argmax. The mask token is never
 Filtering order: mask token removed, logits divided by T, top-k (by rank, ties broken by
 lower token id), then top-p on the renormalised top-k distribution (the smallest prefix of
 the sorted distribution whose mass reaches ``top_p``; the best token is always kept).
+
+Randomness is per row: decoders carry one key per batch row (:func:`row_keys`) and every draw
+of row b uses only row b's key, so a sampled row never depends on the other rows of its batch.
 """
 
 from __future__ import annotations
@@ -78,14 +81,52 @@ def probs(logits: Float[Array, "... V"], temperature, top_k, top_p, mask_token_i
     return jnp.where(jnp.asarray(temperature, jnp.float32) > 0, sampled, onehot)
 
 
+def row_keys(key, batch: int):
+    """One key per row: ``key`` itself if it already holds ``batch`` keys, else
+    ``fold_in(key, b)`` for row b (a single key shared by the batch)."""
+    if key.shape == (batch,):
+        return key
+    if key.shape != ():
+        raise ValueError(f"expected a single key or {batch} row keys, got key shape {key.shape}")
+    return jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(batch, dtype=jnp.uint32))
+
+
+def split_rows(keys, num: int = 2) -> tuple:
+    """``jax.random.split`` applied to each row key: ``num`` arrays of row keys."""
+    parts = jax.vmap(lambda k: jax.random.split(k, num))(keys)
+    return tuple(parts[:, i] for i in range(num))
+
+
+def fold_rows(keys, data):
+    """``jax.random.fold_in(k, data)`` for each row key k."""
+    return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
+
+
+def fold_each(keys, data: Int[Array, "B"]):
+    """``jax.random.fold_in(keys[b], data[b])`` per row: a fresh key per row-local counter."""
+    return jax.vmap(jax.random.fold_in)(keys, data.astype(jnp.uint32))
+
+
+def row_uniform(keys, shape: tuple[int, ...]) -> Float[Array, "..."]:
+    """Uniforms in (0, 1) of shape ``[B, *shape]``, row b drawn from ``keys[b]`` only."""
+    tiny = jnp.finfo(jnp.float32).tiny
+    return jax.vmap(lambda k: jax.random.uniform(k, shape, jnp.float32, minval=tiny, maxval=1.0))(keys)
+
+
 def choose(
     logits: Float[Array, "... V"], key, temperature, top_k, top_p, mask_token_id: int
 ) -> Int[Array, "..."]:
-    """Greedy argmax at ``T == 0``, else a sample of ``probs`` (Gumbel-max, one key for all rows)."""
+    """Greedy argmax at ``T == 0``, else a sample of ``probs`` (Gumbel-max).
+
+    ``key``: one key for all rows, or row keys ``[B]`` (``logits`` ``[B, ..., V]``), row b
+    sampled with ``key[b]`` alone.
+    """
     t = jnp.asarray(temperature, jnp.float32)
 
     def sample(logits, key):
         f = filter_logits(logits, temperature, top_k, top_p, mask_token_id)
+        if key.ndim == 1:
+            return jax.vmap(lambda k, row: jax.random.categorical(k, row, axis=-1))(key, f).astype(jnp.int32)
         return jax.random.categorical(key, f, axis=-1).astype(jnp.int32)
 
     if t.ndim == 0:  # run only the branch that is needed (no sorting or noise when greedy)

@@ -101,7 +101,7 @@ def ar_decode(
             params, cfg, last[:, None], positions_from(length, 1), masks.causal(length, 1, b), c.cache, 0.0
         )
         cache = cache.with_length(jnp.where(c.done, length, length + 1))
-        key, sub = jax.random.split(c.key)
+        key, sub = sampling.split_rows(c.key)
         c = c.replace(cache=cache, key=key)
         return choose_and_write(c, step_logits[:, 0], sub).replace(step=c.step + 1)
 
@@ -112,9 +112,9 @@ def ar_decode(
         done=jnp.broadcast_to(limit <= 0, (b,)),
         think_done=jnp.zeros((b,), bool),
         count=jnp.zeros((b,), jnp.int32),
-        key=key,
+        key=sampling.row_keys(key, b),
     )
-    key, sub = jax.random.split(init.key)
+    key, sub = sampling.split_rows(init.key)
     c = choose_and_write(init.replace(key=key), logits, sub).replace(step=jnp.int32(1))
     c = jax.lax.while_loop(lambda c: (c.step < out_len) & jnp.any(~c.done), body, c)
     idx = jnp.arange(out_len, dtype=jnp.int32)[None, :]

@@ -125,7 +125,7 @@ def diffusion_decode(
 
     cache = KVCache.init(cfg, b, cache_len, jnp.dtype(cfg.dtype))
     logits, cache = prefill(params, cfg, prompt, prompt_len, cache)
-    key, sub = jax.random.split(key)
+    key, sub = sampling.split_rows(sampling.row_keys(key, b))
     seed = sampling.choose(logits, sub, temperature, top_k, top_p, mask_id)
 
     def denoise(c: _Inner, live: Bool[Array, "B"], n_masked0: Int[Array, "B"]) -> _Inner:
@@ -133,12 +133,14 @@ def diffusion_decode(
         logits, cache = forward(
             params, cfg, c.x, positions_from(length, bl), masks.bidirectional(length, bl, b), c.cache, lora
         )
-        key, k_cand, k_pol = jax.random.split(c.key, 3)
+        # Keyed by the row's own pass count: a row's draws do not depend on how many passes
+        # the other rows of the batch needed.
+        k_cand, k_pol = sampling.split_rows(sampling.fold_each(c.key, c.nfe), 2)
         cand = sampling.choose(logits, k_cand, temperature, top_k, top_p, mask_id)
         masked = (c.x == mask_id) & live[:, None]
         quota = unmask.quota_at(n_masked0, bl, c.step)
         row_params = unmask.UnmaskParams(jnp.broadcast_to(thr, (b,)), jnp.broadcast_to(gam, (b,)), quota)
-        commit = jax.vmap(policy_fn)(logits, cand, masked, jax.random.split(k_pol, b), row_params)
+        commit = jax.vmap(policy_fn)(logits, cand, masked, k_pol, row_params)
         nfe = c.nfe + live.astype(jnp.int32)
         return c.replace(
             step=c.step + 1,
@@ -146,7 +148,6 @@ def diffusion_decode(
             passes=jnp.where(commit, nfe[:, None], c.passes),
             cache=cache,
             nfe=nfe,
-            key=key,
         )
 
     def block_body(o: _Outer) -> _Outer:
@@ -179,7 +180,7 @@ def diffusion_decode(
         )
         cache = cache.with_length(jnp.where(live0, length + bl, length))
         nfe = inner.nfe + live0.astype(jnp.int32)
-        key, sub = jax.random.split(inner.key)
+        key, sub = sampling.split_rows(inner.key)
         seed = sampling.choose(logits[:, -1], sub, temperature, top_k, top_p, mask_id)
         think_done = o.think_done | (live0 & (end >= 0) & jnp.any(x == end, axis=1))
         done = o.done | eos_stop(x, eos, mask_id) | (o.block + 1 >= limit_blocks)

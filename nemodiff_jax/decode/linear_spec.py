@@ -94,14 +94,14 @@ def position_stats(n_acc: Int[Array, "B"], live: Bool[Array, "B"], width: int):
     return trials.astype(jnp.int32), accepts.astype(jnp.int32)
 
 
-def uniform(key, shape) -> Float[Array, "..."]:
-    """Uniforms in (0, 1): safe to turn into Gumbel noise."""
-    return jax.random.uniform(key, shape, jnp.float32, minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
+def uniform(keys, shape) -> Float[Array, "..."]:
+    """Uniforms in (0, 1) of shape ``[B, *shape]`` from row keys: safe to turn into Gumbel noise."""
+    return sampling.row_uniform(keys, tuple(shape))
 
 
-def gumbel(key, shape) -> Float[Array, "..."]:
-    """Standard Gumbel noise ``-log(-log(u))``."""
-    return -jnp.log(-jnp.log(uniform(key, shape)))
+def gumbel(keys, shape) -> Float[Array, "..."]:
+    """Standard Gumbel noise ``-log(-log(u))``, ``[B, *shape]`` from row keys."""
+    return -jnp.log(-jnp.log(uniform(keys, shape)))
 
 
 def sample(dist: Float[Array, "... V"], noise: Float[Array, "... V"]) -> Int[Array, "..."]:
@@ -174,9 +174,9 @@ def linear_start(
     b = prompt.shape[0]
     cache = KVCache.init(cfg, b, cache_len, jnp.dtype(cfg.dtype))
     logits, cache = prefill(params, cfg, prompt, prompt_len, cache, 0.0)
-    key, sub = jax.random.split(key)
+    key, sub = sampling.split_rows(sampling.row_keys(key, b))
     dist = sampling.probs(logits, kn.temperature, kn.top_k, kn.top_p, cfg.mask_token_id)
-    seed = sample(dist, gumbel(sub, dist.shape))
+    seed = sample(dist, gumbel(sub, dist.shape[1:]))
     seed = jnp.where(kn.thinking & (kn.budget == 0), kn.end_think, seed)  # generated index 0
     live = jnp.broadcast_to(kn.limit > 0, (b,))
     n_out = live.astype(jnp.int32)
@@ -233,7 +233,7 @@ def _passes(params, cfg, st: LinearState, kn: Knobs, key, bk: int):
         policy = masks.mixed(length, jnp.where(verify, bk, 0), bk, bk, b)
         logits, cache = forward(params, cfg, block, pos, policy, cache, jnp.where(verify, 0.0, kn.lora))
         dist = sampling.probs(logits, kn.temperature, kn.top_k, kn.top_p, m)
-        tok = sample(dist, gumbel(jax.random.fold_in(key, i), dist.shape))
+        tok = sample(dist, gumbel(sampling.fold_rows(key, i), dist.shape[1:]))
         d_tok = jnp.take_along_axis(dist, tok[..., None], axis=-1)[..., 0]
         conf = jnp.where(kn.temperature > 0, d_tok, sampling.confidence(logits, tok))
         conf = jnp.where(is_mask, conf, -jnp.inf)
@@ -286,9 +286,9 @@ def linear_cycle(
     bk, b = block_length, st.seed.shape[0]
     live = ~st.done
     length = st.cache.length
-    key, sub = jax.random.split(st.key)
+    key, sub = sampling.split_rows(st.key)
     block, q, p, cache, passes = _passes(params, cfg, st, kn, sub, bk)
-    rand = uniform(jax.random.fold_in(sub, bk + 1), (b, bk, cfg.vocab_size + 1))
+    rand = uniform(sampling.fold_rows(sub, bk + 1), (bk, cfg.vocab_size + 1))
     e, n_acc = _accept(p, q, block, rand, acceptance)
     a = n_acc + 1
     col = jnp.arange(bk, dtype=jnp.int32)[None, :]
