@@ -21,6 +21,7 @@ import numpy as np
 DEFAULT_SETTINGS = {
     "ar": {},
     "diffusion": {"block_length": 32, "threshold": 0.9, "lora": False},
+    "diffusion+lora": {"block_length": 32, "threshold": 0.9, "lora": True},
     "linear_spec": {"block_length": 32, "lora": False},
     "linear_spec+lora": {"block_length": 32, "lora": True},
     "quadratic_spec": {"block_length": 16},
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--n", type=int, default=120, help="held-out examples (round-robin over tasks)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--modes", default="ar,diffusion,linear_spec,linear_spec+lora,quadratic_spec")
+    ap.add_argument("--modes", default="ar,diffusion,diffusion+lora,linear_spec,linear_spec+lora,quadratic_spec")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=40)
     ap.add_argument("--json", help="also write the results here")
