@@ -36,8 +36,13 @@ def _cut(tokens: list[int], eos: int) -> list[int]:
     return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
 
 
-def evaluate(model, examples, modes, max_new_tokens: int = 64, batch: int = 40, log=print) -> dict:
-    """``{mode: {accuracy, tpf, nfe, tokens, identical_to_ar, mean_accept, per_task, seconds}}``."""
+def evaluate(model, examples, modes, max_new_tokens: int = 64, batch: int = 40, log=print,
+             settings: dict | None = None) -> dict:
+    """``{mode: {accuracy, tpf, nfe, tokens, identical_to_ar, mean_accept, per_task, seconds}}``.
+
+    ``settings`` overrides DEFAULT_SETTINGS per mode, e.g. ``{"diffusion": {"threshold": 0.99}}``.
+    """
+    table = {**DEFAULT_SETTINGS, **(settings or {})}
     from nemodiff_jax.data.batches import prompt_ids
     from nemodiff_jax.data.tokenizer_train import EOS_ID
     from nemodiff_jax.generate import generate
@@ -48,7 +53,7 @@ def evaluate(model, examples, modes, max_new_tokens: int = 64, batch: int = 40, 
     names = [t for _, _, t in examples]
     results, ar_out = {}, None
     for mode in modes:
-        kw = dict(DEFAULT_SETTINGS[mode])
+        kw = dict(table[mode])
         base_mode = mode.split("+")[0]
         if kw.get("lora") and not model.has_lora:
             continue
@@ -116,6 +121,24 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def diffusion_grid(model, examples, blocks=(32, 16, 8), thresholds=(0.9, 0.99, 0.999), max_new_tokens=64,
+                   batch=40) -> str:
+    """Diffusion accuracy @ TPF over block length x draft LoRA x threshold, as a markdown table."""
+    loras = (False, True) if model.has_lora else (False,)
+    lines = ["| block | LoRA | " + " | ".join(f"threshold {t}" for t in thresholds) + " |",
+             "|---|---|" + "---|" * len(thresholds)]
+    for bl in blocks:
+        for lora in loras:
+            cells = []
+            for t in thresholds:
+                knobs = {"diffusion": {"block_length": bl, "threshold": t, "lora": lora}}
+                r = evaluate(model, examples, ["diffusion"], max_new_tokens, batch, log=lambda *a: None,
+                             settings=knobs)["diffusion"]
+                cells.append(f"{100 * r['accuracy']:.1f}% @ {r['tpf']:.2f}")
+            lines.append(f"| {bl} | {'on' if lora else 'off'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded")
@@ -125,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=40)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--diffusion-grid", action="store_true",
+                    help="instead: diffusion accuracy @ TPF over block 32/16/8 x LoRA off/on x threshold 0.9/0.99/0.999")
     args = ap.parse_args(argv)
 
     from nemodiff_jax import load
@@ -132,6 +157,9 @@ def main(argv=None) -> int:
 
     model = load(args.model, dtype="float32")
     examples = build_task_dataset("test", args.n, seed=args.seed)
+    if args.diffusion_grid:
+        print(diffusion_grid(model, examples, max_new_tokens=args.max_new_tokens, batch=args.batch))
+        return 0
     results = evaluate(model, examples, args.modes.split(","), args.max_new_tokens, args.batch)
     print(format_table(results))
     if args.json:
