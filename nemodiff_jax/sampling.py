@@ -98,13 +98,10 @@ def split_rows(keys, num: int = 2) -> tuple:
 
 
 def fold_rows(keys, data):
-    """``jax.random.fold_in(k, data)`` for each row key k."""
-    return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
-
-
-def fold_each(keys, data: Int[Array, "B"]):
-    """``jax.random.fold_in(keys[b], data[b])`` per row: a fresh key per row-local counter."""
-    return jax.vmap(jax.random.fold_in)(keys, data.astype(jnp.uint32))
+    """``jax.random.fold_in(keys[b], data[b])`` per row; ``data`` is one int for all rows or a
+    row-local counter ``[B]``."""
+    data = jnp.broadcast_to(jnp.asarray(data, jnp.uint32), keys.shape)
+    return jax.vmap(jax.random.fold_in)(keys, data)
 
 
 def row_uniform(keys, shape: tuple[int, ...]) -> Float[Array, "..."]:

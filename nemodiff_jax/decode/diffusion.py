@@ -135,7 +135,7 @@ def diffusion_decode(
         )
         # Keyed by the row's own pass count: a row's draws do not depend on how many passes
         # the other rows of the batch needed.
-        k_cand, k_pol = sampling.split_rows(sampling.fold_each(c.key, c.nfe), 2)
+        k_cand, k_pol = sampling.split_rows(sampling.fold_rows(c.key, c.nfe), 2)
         cand = sampling.choose(logits, k_cand, temperature, top_k, top_p, mask_id)
         masked = (c.x == mask_id) & live[:, None]
         quota = unmask.quota_at(n_masked0, bl, c.step)
