@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nemodiff_jax import masks
-from nemodiff_jax.attention import xla_attention
+from nemodiff_jax.model import masks
+from nemodiff_jax.model.attention import xla_attention
 from pallas_kernels.block_attention import TileConfig, block_attention, make_plan
 from pallas_kernels.roofline import window_cost
 

@@ -2,7 +2,7 @@
 
 One kernel serves every NLD mode: AR steps (Q=1), diffusion blocks, prompt chunks, the
 quadratic B x (B+1) layout and the training ``[x_t | x_0]`` sequence. Visibility comes from
-:func:`nemodiff_jax.masks.visibility`, the same predicate ``xla_attention`` builds its dense
+:func:`nemodiff_jax.model.masks.visibility`, the same predicate ``xla_attention`` builds its dense
 mask from, so the two paths cannot drift.
 
 How it works (docs/KERNELS.md has the long version):
@@ -39,8 +39,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltr
 
-from nemodiff_jax.attention import xla_attention
-from nemodiff_jax.masks import AttentionPolicy, RowPolicy, visibility
+from nemodiff_jax.model.attention import xla_attention
+from nemodiff_jax.model.masks import AttentionPolicy, RowPolicy, visibility
 
 # Finite, so that exp(MASKED - MASKED) is 1 rather than NaN on rows that have seen no key yet.
 MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Float, Int
 
-from .. import masks
-from ..api import forward
-from ..cache import KVCache
-from ..config import NLDConfig
+from ..model import masks
+from ..model.forward import forward
+from ..model.cache import KVCache
+from ..model.config import NLDConfig
 
 
 @struct.dataclass

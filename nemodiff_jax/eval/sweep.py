@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..generate import out_bucket, prompt_bucket
+from ..decode.generate import out_bucket, prompt_bucket
 from . import scorers
 from .codec import Codec
 from .compiles import CompileCounter

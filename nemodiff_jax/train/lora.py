@@ -28,9 +28,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .. import masks
-from ..api import forward
-from ..config import NLDConfig
+from ..model import masks
+from ..model.forward import forward
+from ..model.config import NLDConfig
 from .objective import token_ce
 
 LORA_KEYS = ("lora_a", "lora_b")
@@ -171,8 +171,8 @@ def train_draft_lora(cfg: NLDConfig, params, lc: LoraConfig, source, log_path: s
 def run_from_dict(raw: dict[str, Any]):
     """CLI entry: ``{"init_from": DIR, "lora": {...LoraConfig}, "lora_rank", "lora_alpha", "data": {...},
     "out_dir"}`` -> (cfg, params, tokenizer_dir)."""
-    from ..api import load
-    from ..checkpoint import resolve
+    from ..model.forward import load
+    from ..io.checkpoint import resolve
     from .data import BatchSource, DataConfig
 
     src_dir = resolve(raw["init_from"])

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nemodiff_jax import masks
-from nemodiff_jax.attention import attend, xla_attention
-from nemodiff_jax.masks import AttentionPolicy, RowPolicy
+from nemodiff_jax.model import masks
+from nemodiff_jax.model.attention import attend, xla_attention
+from nemodiff_jax.model.masks import AttentionPolicy, RowPolicy
 from pallas_kernels.block_attention import TileConfig, block_attention, make_plan, tile_segments
 
 TRACES: collections.Counter = collections.Counter()

@@ -15,7 +15,7 @@ import pytest
 from scipy import stats as sps
 
 import nemodiff_jax as nd
-from nemodiff_jax import masks
+from nemodiff_jax.model import masks
 from nemodiff_jax.decode.linear_spec import linear_cache_len, linear_spec_decode
 from tests.nemodiff_jax.decode.tiny import (
     ORACLE_WIDTH, TINY, greedy_np, pad, prompts, relabel, seq_logits, softmax_np, swap_ids,

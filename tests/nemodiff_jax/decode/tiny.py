@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import nemodiff_jax as nd
-from nemodiff_jax import masks
+from nemodiff_jax.model import masks
 
 TINY = nd.NLDConfig.preset("tiny").replace(
     vocab_size=64,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import nemodiff_jax as nd
-from nemodiff_jax import masks
+from nemodiff_jax.model import masks
 from nemodiff_jax.eval import oracle
 from nemodiff_jax.eval.models import random_model
 
@@ -135,7 +135,7 @@ def nocache_predictor(model, prefix: list[int]):
 
 
 def test_oracle_on_a_tiny_model_matches_brute_force_and_generate(model):
-    from nemodiff_jax.generate import generate
+    from nemodiff_jax.decode.generate import generate
 
     cfg = model.config
     bl, prompt = 4, [5, 6, 7, 8, 9, 10, 11]

@@ -24,24 +24,24 @@ import pytest
 
 import nemodiff_jax as nd
 from nemodiff_jax import cli
-from nemodiff_jax.tokenizer import Tokenizer
+from nemodiff_jax.io.tokenizer import Tokenizer
 
-from .test_tokenizer import build_tokenizer_dir
+from ..io.test_tokenizer import build_tokenizer_dir
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec")
 SHARED = ["--max-new-tokens", "16", "--threshold", "0.9"]
 
 
 def _has_generate() -> bool:
     try:
-        import nemodiff_jax.generate  # noqa: F401
+        import nemodiff_jax.decode.generate
     except ImportError:
         return False
     return True
 
 
-needs_generate = pytest.mark.skipif(not _has_generate(), reason="nemodiff_jax.generate is not there yet")
+needs_generate = pytest.mark.skipif(not _has_generate(), reason="nemodiff_jax.decode.generate is not there yet")
 
 
 def numpy_params(cfg, seed: int = 0):
@@ -63,7 +63,7 @@ def model_dir(tmp_path_factory) -> Path:
     """config.json + model.safetensors (random tiny weights) + tokenizer.json with a chat template."""
     from safetensors.numpy import save_file
 
-    from convert_weights.keymap import iter_hf_tensors
+    from nemodiff_jax.io.keymap import iter_hf_tensors
 
     d = build_tokenizer_dir(tmp_path_factory.mktemp("tiny_model"))
     cfg = nd.NLDConfig.preset("tiny").replace(num_layers=1, hidden_size=64, intermediate_size=128, num_heads=2,
@@ -189,7 +189,7 @@ def test_canvas_in_a_terminal(env, model_dir):
     rc, out = nemodiff_pty(env, "generate", "--model", model_dir, "--prompt", "the quick brown", "--mode",
                            "diffusion", "--show-canvas", "--replay-delay", "0.01", *SHARED)
     assert rc == 0, out
-    from nemodiff_jax.cli_view import MASK_GLYPH
+    from nemodiff_jax.cli.view import MASK_GLYPH
 
     assert out.count("pass ") >= 3 and MASK_GLYPH in out  # several frames, masked slots drawn
     assert "\x1b[1;30;42m" in out  # just-committed tokens highlighted (bold black on green)
@@ -270,7 +270,8 @@ def test_delegation(monkeypatch, capsys):
 
 
 def test_demo_falls_back_to_a_random_model_with_a_note(monkeypatch, capsys, tmp_path):
-    from nemodiff_jax import checkpoint, cli_demo
+    from nemodiff_jax.io import checkpoint
+    from nemodiff_jax.cli import demo as cli_demo
 
     monkeypatch.setattr(checkpoint, "EMBEDDED_DIR", tmp_path / "absent")
     monkeypatch.setattr(nd.api, "init_params", lambda cfg, seed=0: numpy_params(cfg, seed))

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from rich.console import Console
 
-from nemodiff_jax import cli_demo, cli_view
+from nemodiff_jax.cli import demo as cli_demo, view as cli_view
 
 
 def test_commit_order_and_frames():

@@ -7,8 +7,8 @@ import pytest
 import jax.numpy as jnp
 
 import nemodiff_jax as nd
-from nemodiff_jax import masks
-from nemodiff_jax.cache import KVCache
+from nemodiff_jax.model import masks
+from nemodiff_jax.model.cache import KVCache
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -3,8 +3,8 @@
 import numpy as np
 import jax.numpy as jnp
 
-from nemodiff_jax.cache import KVCache, write_window
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model.cache import KVCache, write_window
+from nemodiff_jax.model.config import NLDConfig
 
 
 def test_write_window_per_row_offsets():

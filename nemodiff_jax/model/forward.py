@@ -21,7 +21,7 @@ from . import masks
 from .cache import KVCache
 from .config import NLDConfig
 from .masks import AttentionPolicy
-from .model import NLDModel
+from .layers import NLDModel
 
 MODES = ("causal", "bidirectional")
 
@@ -112,6 +112,6 @@ def forward_logits(model: Model, ids, mode: str = "causal", lora: bool = False) 
 
 def load(path: str | Path = "embedded", *, dtype: str | None = None, attention_impl: str | None = None) -> Model:
     """Load a model: ``"embedded"``, a directory written by the port script, or an HF NLD directory."""
-    from .checkpoint import load_model
+    from ..io.checkpoint import load_model
 
     return load_model(path, dtype=dtype, attention_impl=attention_impl)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import unmask
-from .api import Model
+from ..model.forward import Model
 
 MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec")
 PROMPT_BUCKET_MIN = 16
@@ -115,11 +115,11 @@ POLICY_PARAMS = {
 
 def _cache_needed(mode: str, width: int, out_len: int, bl: int) -> int:
     if mode == "linear_spec":
-        from .decode.linear_spec import linear_cache_len
+        from .linear_spec import linear_cache_len
 
         return linear_cache_len(width, out_len, bl)
     if mode == "quadratic_spec":
-        from .decode.quadratic_spec import quadratic_cache_len
+        from .quadratic_spec import quadratic_cache_len
 
         return quadratic_cache_len(width, out_len, bl)
     return width + out_len + (bl if mode == "diffusion" else 0)
@@ -194,7 +194,7 @@ def generate(
 
     ``threshold``: diffusion's confidence threshold (None = the quota schedule, NLD_SPEC 3.2)
     or linear speculation's draft threshold (None = 0: fill the block in one draft pass).
-    ``policy``: the diffusion unmask policy (:mod:`nemodiff_jax.unmask`); ``policy_params``:
+    ``policy``: the diffusion unmask policy (:mod:`nemodiff_jax.decode.unmask`); ``policy_params``:
     per-mode extras: diffusion ``gamma`` (``eb``, traced), linear_spec ``acceptance``
     (``"speculative"`` or ``"match"``, static), quadratic_spec ``ar_mix_weight`` (traced, < 0 = off).
     ``seed``: one int (row i samples with ``fold_in(key(seed), i)``) or one int per prompt (row i
@@ -261,12 +261,12 @@ def generate(
 
     t0 = time.perf_counter()
     if mode == "ar":
-        from .decode.ar import ar_decode
+        from .ar import ar_decode
 
         out = ar_decode(model.params, cfg, prompt, prompt_len, key, max_new, temp, tk, tp, lora_s, think, end_think,
                         out_len=out_len, cache_len=cache_len)
     elif mode == "diffusion":
-        from .decode.diffusion import diffusion_decode
+        from .diffusion import diffusion_decode
 
         name = "quota" if (policy == "threshold" and threshold is None) else policy
         out = diffusion_decode(
@@ -276,7 +276,7 @@ def generate(
             block_length=bl, out_len=out_len, cache_len=cache_len, policy=name,
         )
     elif mode == "linear_spec":
-        from .decode.linear_spec import linear_spec_decode
+        from .linear_spec import linear_spec_decode
 
         out = linear_spec_decode(
             model.params, cfg, prompt, prompt_len, key, max_new, temp, tk, tp,
@@ -284,7 +284,7 @@ def generate(
             block_length=bl, out_len=out_len, cache_len=cache_len, acceptance=acceptance,
         )
     else:
-        from .decode.quadratic_spec import quadratic_spec_decode
+        from .quadratic_spec import quadratic_spec_decode
 
         out = quadratic_spec_decode(
             model.params, cfg, prompt, prompt_len, key, max_new, think, end_think,

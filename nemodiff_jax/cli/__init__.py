@@ -79,7 +79,7 @@ def formatter(prog):
 
 
 def build_parser() -> Parser:
-    from . import cli_demo, cli_generate
+    from . import demo as cli_demo, generate as cli_generate
 
     parser = Parser(prog=PROG, description="Nemotron-Labs-Diffusion tri-mode LMs in JAX: AR, block diffusion "
                     "and self-speculation from one checkpoint.", epilog=EPILOG, formatter_class=formatter)
@@ -173,8 +173,3 @@ def one_line(e: BaseException) -> str:
         text += " (rerun with --debug for the traceback)"
     return text
 
-
-if __name__ == "__main__":  # `python -m nemodiff_jax.cli`: use the canonical module's classes
-    from nemodiff_jax.cli import main as _main
-
-    sys.exit(_main())

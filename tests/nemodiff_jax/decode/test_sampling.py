@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nemodiff_jax import sampling
+from nemodiff_jax.decode import sampling
 
 MASK = 3
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model.config import NLDConfig
 
 # Accepted prefixes: NLD checkpoints wrap a Ministral3Model as `encoder`; plain
 # Ministral3ForCausalLM exports use `model` and `lm_head`.

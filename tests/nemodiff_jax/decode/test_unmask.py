@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nemodiff_jax import unmask
+from nemodiff_jax.decode import unmask
 
 # Per-position distributions over 4 tokens; candidates are the argmax (token 0).
 PROBS = np.array(

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from nemodiff_jax import rope
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model import rope
+from nemodiff_jax.model.config import NLDConfig
 
 import jax.numpy as jnp
 

@@ -6,7 +6,7 @@ import jax
 import pytest
 
 import nemodiff_jax as nd
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model.config import NLDConfig
 
 
 @pytest.mark.parametrize("name,billions", [("3b", 3.83), ("8b", 8.49), ("14b", 13.51)])

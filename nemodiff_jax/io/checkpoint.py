@@ -8,9 +8,9 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from .config import NLDConfig
+from ..model.config import NLDConfig
 
-EMBEDDED_DIR = Path(__file__).parent / "assets" / "embedded"
+EMBEDDED_DIR = Path(__file__).parent.parent / "assets" / "embedded"
 
 
 def resolve(path) -> Path:
@@ -35,14 +35,14 @@ def load_tokenizer(directory: Path, cfg: NLDConfig):
 
 
 def load_model(path, dtype: str | None = None, attention_impl: str | None = None):
-    from .api import Model
+    from ..model.forward import Model
 
     directory = resolve(path)
     overrides = {}
     if attention_impl is not None:
         overrides["attention_impl"] = attention_impl
     if (directory / "params").is_dir():
-        from convert_weights.jax_format import read_converted
+        from nemodiff_jax.io.jax_format import read_converted
 
         cfg, params = read_converted(directory, dtype=dtype, **overrides)
     else:
@@ -54,9 +54,9 @@ def read_hf(directory: Path, dtype: str | None = None, **overrides):
     """Config and parameters straight from an HF NLD checkpoint directory, with the bundled
     draft LoRA (``linear_spec_lora/``) when it has one. Everything is checked first; one
     CheckpointError lists all problems."""
-    from convert_weights.hf_read import open_hf
-    from convert_weights.jax_format import to_device
-    from convert_weights.keymap import assemble_params
+    from nemodiff_jax.io.hf_read import open_hf
+    from nemodiff_jax.io.jax_format import to_device
+    from nemodiff_jax.io.keymap import assemble_params
 
     ckpt = open_hf(directory, dtype=dtype, **overrides)
     cfg = ckpt.config

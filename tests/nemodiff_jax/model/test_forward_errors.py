@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import nemodiff_jax as nd
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model.config import NLDConfig
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-from nemodiff_jax.config import NLDConfig, config_from_hf_dict
+from nemodiff_jax.model.config import NLDConfig, config_from_hf_dict
 
 from .keymap import CheckpointError, ParamSpec, check_names_and_shapes, hf_param_specs
-from .lora import Adapter, find_adapter, open_adapter
+from .adapter import Adapter, find_adapter, open_adapter
 from .sources import TensorSource
 
 

@@ -7,12 +7,12 @@ import pytest
 
 import sys
 
-import nemodiff_jax.generate  # noqa: F401  (the module; nd.generate is the function)
+import nemodiff_jax.decode.generate
 
-gen_mod = sys.modules["nemodiff_jax.generate"]
+gen_mod = sys.modules["nemodiff_jax.decode.generate"]
 from nemodiff_jax.decode.ar import ar_decode
 from nemodiff_jax.decode.diffusion import diffusion_decode
-from nemodiff_jax.generate import generate
+from nemodiff_jax.decode.generate import generate
 from tests.nemodiff_jax.decode.tiny import ar_oracle, prompts, tiny_model
 
 ROWS = prompts([5, 11, 3])

@@ -12,10 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model.config import NLDConfig
 
 from .keymap import CheckpointError, ParamSpec, hf_param_specs, leaf_shape, leaves
-from .orbax_stream import np_dtype
+
+def np_dtype(name: str) -> np.dtype:
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
 
 PARAMS_DIR = "params"
 LORA_DIR = "lora"

@@ -62,7 +62,7 @@ class Tokenizer:
     def from_dir(cls, directory: str | Path, cfg=None) -> "Tokenizer":
         """Read ``tokenizer.json``, ``tokenizer_config.json`` and ``chat_template.jinja`` if present.
 
-        ``cfg`` (an :class:`~nemodiff_jax.config.NLDConfig`) supplies BOS/EOS/mask/pad ids.
+        ``cfg`` (an :class:`~nemodiff_jax.model.config.NLDConfig`) supplies BOS/EOS/mask/pad ids.
         """
         directory = Path(directory)
         path = directory / "tokenizer.json"

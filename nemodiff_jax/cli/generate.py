@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .cli import CLIError, formatter, hint, squash
+from . import CLIError, formatter, hint, squash
 
 MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec")
 MODEL_HINT = ("pass --model DIR (a directory with config.json, weights and tokenizer.json), "
@@ -115,7 +115,7 @@ def load_model(spec: str, dtype: str | None = None):
     """A Model for ``spec``: a directory, ``embedded``, or ``random[:PRESET]`` (random weights)."""
     if spec == "random" or spec.startswith("random:"):
         return random_model(spec.partition(":")[2] or "tiny", dtype)
-    from . import api
+    from ..model import forward as api
 
     with hint(MODEL_HINT):
         if spec != "embedded" and not Path(spec).exists():
@@ -134,13 +134,13 @@ def random_model(preset: str = "tiny", dtype: str | None = None):
     Output is gibberish: this exists to show the machinery (passes, TPF, identical-to-AR) when
     no trained model is at hand.
     """
-    from . import api
-    from .config import NLDConfig
-    from .tokenizer import Tokenizer
+    from ..model import forward as api
+    from ..model.config import NLDConfig
+    from ..io.tokenizer import Tokenizer
 
     with hint("use --model random or random:tiny"):
         cfg = NLDConfig.preset(preset)
-    tok_dir = Path(__file__).parent / "data" / "assets" / "tokenizer"
+    tok_dir = Path(__file__).parent.parent / "data" / "assets" / "tokenizer"
     tokenizer = None
     if preset == "tiny" and (tok_dir / "tokenizer.json").is_file():
         # Its special ids (<pad>=0 <bos>=1 <eos>=2 <mask>=3) are the tiny preset's.
@@ -173,7 +173,7 @@ def knobs(args, model) -> dict:
 def run_generate(model, prompts, kw: dict, command: str, warmup: bool = False):
     """generate() with library errors turned into one-line CLI errors."""
     try:
-        from .generate import generate
+        from ..decode.generate import generate
     except ModuleNotFoundError as e:
         raise CLIError(f"generation is not available in this install ({e})") from None
     try:
@@ -250,7 +250,7 @@ def result_json(model, result, prompts: list[list[int]], texts: list[str | None]
 # ---------------------------------------------------------------------- showing a result
 def show(model, result, row: int, args, console, err_console) -> None:
     """Print one row: streamed replay, canvas, or at once; then its stats line on stderr."""
-    from . import cli_view
+    from . import view as cli_view
 
     tokens = result.tokens[row]
     commit_pass = result.stats.get("commit_pass")

@@ -5,9 +5,9 @@ import pytest
 import jax.numpy as jnp
 
 import nemodiff_jax as nd
-from nemodiff_jax import masks
-from nemodiff_jax.cache import KVCache
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model import masks
+from nemodiff_jax.model.cache import KVCache
+from nemodiff_jax.model.config import NLDConfig
 
 CFG = NLDConfig.preset("tiny").replace(num_layers=2, vocab_size=64, original_max_position_embeddings=8)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import jax.numpy as jnp
 
-from nemodiff_jax import masks
+from nemodiff_jax.model import masks
 
 
 def brute_window(prefix, bidir_start, window_len, q_count, t):

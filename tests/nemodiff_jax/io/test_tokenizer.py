@@ -1,4 +1,4 @@
-"""nemodiff_jax.tokenizer against independent references: a tokenizer built here with HF
+"""nemodiff_jax.io.tokenizer against independent references: a tokenizer built here with HF
 ``tokenizers``, mistral-common's own Tekkenizer on the real 131k Tekken vocabulary, and
 transformers' chat-template rendering."""
 
@@ -13,8 +13,8 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from nemodiff_jax.config import NLDConfig
-from nemodiff_jax.tokenizer import Tokenizer
+from nemodiff_jax.model.config import NLDConfig
+from nemodiff_jax.io.tokenizer import Tokenizer
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<mask>", "<think>", "</think>", "[INST]", "[/INST]"]
 TEMPLATE = (
@@ -205,7 +205,7 @@ def test_tekken_end_think_and_template(tekken):
 
 
 # ---------------------------------------------------------------------- shipped tokenizers
-SHIPPED = [Path(__file__).parents[2] / "nemodiff_jax" / p for p in ("data/assets/tokenizer", "assets/embedded")]
+SHIPPED = [Path(__file__).parents[3] / "nemodiff_jax" / p for p in ("data/assets/tokenizer", "assets/embedded")]
 
 
 @pytest.mark.parametrize("directory", SHIPPED, ids=["data", "embedded"])
