@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Model": "model.forward",
-    "load": "model.forward",
+    "load": "io.checkpoint",
     "forward": "model.forward",
     "forward_logits": "model.forward",
     "init_params": "model.forward",
@@ -43,7 +43,8 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .model.forward import Model, abstract_params, count_params, forward, forward_logits, init_params, load  # noqa: F401
+    from .model.forward import Model, abstract_params, count_params, forward, forward_logits, init_params  # noqa: F401
+    from .io.checkpoint import load  # noqa: F401
     from .model.cache import KVCache  # noqa: F401
     from .model.config import NLDConfig  # noqa: F401
     from .model.masks import AttentionPolicy  # noqa: F401

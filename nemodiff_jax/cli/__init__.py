@@ -1,6 +1,7 @@
 """``nemodiff``: the command line, one front door for every part of the project.
 
-Own commands (``generate``, ``chat``, ``demo``) live in ``cli_generate`` and ``cli_demo``;
+Own commands (``generate``, ``chat``, ``demo``) live in ``cli.generate`` and ``cli.demo`` (shared
+pieces in ``cli.common``);
 the rest delegate their whole argument list to the module that owns the job (training,
 evaluation, the weight port, kernel benchmarks). Everything is imported lazily so ``--help``
 stays quick and a missing sibling module gives one clean line instead of a traceback.
@@ -12,11 +13,11 @@ wrong and what to do, and exits with status 2. ``--debug`` (anywhere) shows the 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import importlib
 import sys
 import traceback
+
+from .common import CLIError, Parser, formatter, hint, one_line, squash  # noqa: F401  (the shared contract, re-exported)
 
 PROG = "nemodiff"
 
@@ -44,38 +45,6 @@ examples:
   nemodiff bench kernels --help
 
 --debug (anywhere on the line) shows full tracebacks instead of one-line errors."""
-
-
-class CLIError(Exception):
-    """A user mistake: printed as one line, exit status 2."""
-
-
-@contextlib.contextmanager
-def hint(advice: str):
-    """Turn a library ValueError inside the block into a CLIError that also says what to do."""
-    try:
-        yield
-    except CLIError:
-        raise
-    except ValueError as e:
-        raise CLIError(f"{squash(e)} ({advice})") from e
-
-
-def squash(e: BaseException | str, limit: int = 320) -> str:
-    """A message on one line, cut to ``limit`` characters (``--debug`` shows it whole)."""
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[: limit - 1] + "… (--debug shows all)"
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (usage is one ``--help`` away)."""
-
-    def error(self, message):
-        raise CLIError(f"{message} (see `{self.prog} --help`)")
-
-
-def formatter(prog):
-    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
 def build_parser() -> Parser:
@@ -164,12 +133,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
-
-def one_line(e: BaseException) -> str:
-    text = (str(e) if isinstance(e, CLIError) else squash(e)) or type(e).__name__
-    if isinstance(e, (FileNotFoundError, NotADirectoryError)) and e.filename:
-        text = f"{e.strerror or 'no such file'}: {e.filename}"
-    if not isinstance(e, CLIError) and "--debug" not in text:
-        text += " (rerun with --debug for the traceback)"
-    return text
 

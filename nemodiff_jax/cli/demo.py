@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 
-from . import CLIError, formatter
-from .generate import MODES, busy, consoles, encode_prompt, load_model, random_model, run_generate
+from .common import MODES, CLIError, busy, consoles, encode_prompt, formatter, load_model, random_model, run_generate
 
 # Prompts in the shipped model's training format (nemodiff_jax/data/tasks.py): `<bos> prompt`.
 DEFAULT_PROMPTS = (

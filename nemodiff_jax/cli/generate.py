@@ -7,14 +7,9 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-from pathlib import Path
 
-from . import CLIError, formatter, hint, squash
+from .common import MODES, CLIError, busy, consoles, encode_prompt, formatter, hint, load_model, note_random, run_generate
 
-MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec")
-MODEL_HINT = ("pass --model DIR (a directory with config.json, weights and tokenizer.json), "
-              "--model embedded (the shipped model) or --model random (random weights, plumbing only)")
-KNOB_HINT = "see `nemodiff {cmd} --help` for the knobs and their ranges"
 REPLAY_NOTE = textwrap.fill("Streaming is a replay: generate() runs the whole decode loop on the device in one call; "
                "afterwards the output is replayed pass by pass from stats['commit_pass'] (the forward pass "
                "that committed each token), so the order and grouping are the decoder's but the pace is not.", 88)
@@ -111,44 +106,6 @@ def add_chat(sub) -> None:
 
 
 # ---------------------------------------------------------------------- model and knobs
-def load_model(spec: str, dtype: str | None = None):
-    """A Model for ``spec``: a directory, ``embedded``, or ``random[:PRESET]`` (random weights)."""
-    if spec == "random" or spec.startswith("random:"):
-        return random_model(spec.partition(":")[2] or "tiny", dtype)
-    from ..model import forward as api
-
-    with hint(MODEL_HINT):
-        if spec != "embedded" and not Path(spec).exists():
-            raise ValueError(f"model directory {spec} does not exist")
-        try:
-            return api.load(spec, dtype=dtype)
-        except (ValueError, CLIError):
-            raise
-        except Exception as e:  # a corrupt file surfaces as OSError, SafetensorError, ...
-            raise ValueError(f"could not load {spec}: {type(e).__name__}: {e}") from e
-
-
-def random_model(preset: str = "tiny", dtype: str | None = None):
-    """Random weights on a preset, with the project's small tokenizer when it fits the preset.
-
-    Output is gibberish: this exists to show the machinery (passes, TPF, identical-to-AR) when
-    no trained model is at hand.
-    """
-    from ..model import forward as api
-    from ..model.config import NLDConfig
-    from ..io.tokenizer import Tokenizer
-
-    with hint("use --model random or random:tiny"):
-        cfg = NLDConfig.preset(preset)
-    tok_dir = Path(__file__).parent.parent / "data" / "assets" / "tokenizer"
-    tokenizer = None
-    if preset == "tiny" and (tok_dir / "tokenizer.json").is_file():
-        # Its special ids (<pad>=0 <bos>=1 <eos>=2 <mask>=3) are the tiny preset's.
-        tokenizer = Tokenizer.from_dir(tok_dir)
-        cfg = cfg.replace(vocab_size=tokenizer.vocab_size)
-    if dtype:
-        cfg = cfg.replace(dtype=dtype)
-    return api.Model(cfg, api.init_params(cfg), tokenizer, f"random:{preset}")
 
 
 def knobs(args, model) -> dict:
@@ -168,35 +125,6 @@ def knobs(args, model) -> dict:
             raise CLIError("--max-thinking-tokens needs a tokenizer to find </think>; this model has none")
         kw.update(max_thinking_tokens=args.max_thinking_tokens, end_think_token_id=model.tokenizer.end_think_id)
     return kw
-
-
-def run_generate(model, prompts, kw: dict, command: str, warmup: bool = False):
-    """generate() with library errors turned into one-line CLI errors."""
-    try:
-        from ..decode.generate import generate
-    except ModuleNotFoundError as e:
-        raise CLIError(f"generation is not available in this install ({e})") from None
-    try:
-        if warmup:
-            generate(model, prompts, **kw)
-        return generate(model, prompts, **kw)
-    except ValueError as e:
-        text = squash(e)
-        too_long = any(w in text for w in ("max_position_embeddings", "cache_len", "longer than"))
-        advice = ("shorten the prompt or lower --max-new-tokens" if too_long
-                  else KNOB_HINT.format(cmd=command))
-        raise CLIError(f"{text} ({advice})") from e
-
-
-def encode_prompt(model, text: str, chat: bool = False, system: str | None = None, bos: bool = True) -> list[int]:
-    tok = model.tokenizer
-    if tok is None:
-        raise CLIError(f"the model at {model.path} has no tokenizer.json: pass the prompt as --prompt-ids 1,2,3")
-    if chat:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-        with hint("the model's chat template rejected the messages; try without --chat"):
-            return tok.apply_chat_template(messages, tokenize=True)
-    return tok.encode(text, add_bos=bos and tok.bos_id is not None)
 
 
 def parse_param(text: str) -> tuple[str, float | str]:
@@ -275,25 +203,6 @@ def show(model, result, row: int, args, console, err_console) -> None:
         sys.stdout.write("\n")
         sys.stdout.flush()
     err_console.print(stats_line(result, row), style="dim", highlight=False, markup=False)
-
-
-def consoles():
-    from rich.console import Console
-
-    return Console(highlight=False), Console(stderr=True, highlight=False)
-
-
-def note_random(model, err_console) -> None:
-    if str(model.path).startswith("random:"):
-        err_console.print(f"note: {model.path} has random weights; its text is gibberish", style="yellow",
-                          highlight=False, markup=False)
-
-
-def busy(err_console, text: str):
-    """A spinner on stderr while a long step runs (nothing when stderr is not a terminal)."""
-    import contextlib
-
-    return err_console.status(text) if err_console.is_terminal else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------- commands

@@ -11,7 +11,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from ..model.forward import Model, abstract_params, load
+from ..io.checkpoint import load
+from ..model.forward import Model, abstract_params
 from ..model.config import NLDConfig
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model.config import NLDConfig
+from ..model.forward import Model
 
 EMBEDDED_DIR = Path(__file__).parent.parent / "assets" / "embedded"
 
@@ -34,8 +35,12 @@ def load_tokenizer(directory: Path, cfg: NLDConfig):
     return Tokenizer.from_dir(directory, cfg)
 
 
-def load_model(path, dtype: str | None = None, attention_impl: str | None = None):
-    from ..model.forward import Model
+def load(path: str | Path = "embedded", *, dtype: str | None = None, attention_impl: str | None = None) -> Model:
+    """Load a model: ``"embedded"``, a directory written by the port script, or an HF NLD directory."""
+    return load_model(path, dtype=dtype, attention_impl=attention_impl)
+
+
+def load_model(path, dtype: str | None = None, attention_impl: str | None = None) -> Model:
 
     directory = resolve(path)
     overrides = {}

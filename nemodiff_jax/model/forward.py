@@ -1,5 +1,5 @@
-"""Public entry points: :class:`Model`, :func:`load`, :func:`init_params`, :func:`forward`,
-:func:`forward_logits`.
+"""The model's entry points: :class:`Model`, :func:`init_params`, :func:`forward`,
+:func:`forward_logits` (``load`` lives in :mod:`nemodiff_jax.io.checkpoint`).
 
 ``forward`` is the one jitted forward pass that every mode shares: the policy carries the
 per-mode structure, the config is static, everything else is traced.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -109,9 +108,3 @@ def forward_logits(model: Model, ids, mode: str = "causal", lora: bool = False) 
     logits, _ = forward(model.params, model.config, ids, positions, policy, None, jnp.float32(lora))
     return logits
 
-
-def load(path: str | Path = "embedded", *, dtype: str | None = None, attention_impl: str | None = None) -> Model:
-    """Load a model: ``"embedded"``, a directory written by the port script, or an HF NLD directory."""
-    from ..io.checkpoint import load_model
-
-    return load_model(path, dtype=dtype, attention_impl=attention_impl)

@@ -57,7 +57,7 @@ def _state_template(tc: TrainConfig, params, opt):
 def initial_state(tc: TrainConfig, opt) -> dict:
     """Fresh state: random init, or the parameters of ``init_from`` (fine-tuning)."""
     if tc.init_from:
-        from ..model.forward import load
+        from ..io.checkpoint import load
 
         m = load(tc.init_from, dtype=tc.model.dtype)
         params = m.params

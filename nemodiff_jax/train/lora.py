@@ -171,7 +171,7 @@ def train_draft_lora(cfg: NLDConfig, params, lc: LoraConfig, source, log_path: s
 def run_from_dict(raw: dict[str, Any]):
     """CLI entry: ``{"init_from": DIR, "lora": {...LoraConfig}, "lora_rank", "lora_alpha", "data": {...},
     "out_dir"}`` -> (cfg, params, tokenizer_dir)."""
-    from ..model.forward import load
+    from ..io.checkpoint import load
     from ..io.checkpoint import resolve
     from .data import BatchSource, DataConfig
 

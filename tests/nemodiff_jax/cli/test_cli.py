@@ -270,11 +270,12 @@ def test_delegation(monkeypatch, capsys):
 
 
 def test_demo_falls_back_to_a_random_model_with_a_note(monkeypatch, capsys, tmp_path):
-    from nemodiff_jax.io import checkpoint
     from nemodiff_jax.cli import demo as cli_demo
+    from nemodiff_jax.io import checkpoint
+    from nemodiff_jax.model import forward
 
     monkeypatch.setattr(checkpoint, "EMBEDDED_DIR", tmp_path / "absent")
-    monkeypatch.setattr(nd.api, "init_params", lambda cfg, seed=0: numpy_params(cfg, seed))
+    monkeypatch.setattr(forward, "init_params", lambda cfg, seed=0: numpy_params(cfg, seed))
     seen = {}
 
     def fake_run_all(model, prompts, modes, args, err):
