@@ -42,7 +42,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltr
 
-from nemodiff_jax.model.masks import AttentionPolicy, RowPolicy, build_mask, visibility
+from nemodiff_jax.model.masks import AttentionPolicy, RowPolicy, visibility
+from pallas_kernels.reference import reference
 
 # Finite, so that exp(MASKED - MASKED) is 1 rather than NaN on rows that have seen no key yet.
 MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -383,18 +384,3 @@ def _forward(q, k, v, policy: AttentionPolicy, sm_scale: float, config: TileConf
 
     out = out[:, :, : nq * g, :d].reshape(b, hkv, nq, g, d).transpose(0, 1, 3, 2, 4)
     return out.reshape(b, hq, nq, d)
-
-
-def reference(q, k, v, policy: AttentionPolicy, *, sm_scale: float):
-    """The kernel's own pure-jnp reference and its backward: grouped-query attention of
-    ``q [B, Hq, Q, D]`` over ``k, v [B, Hkv, T, D]`` under the dense policy mask, softmax in
-    float32; a row that sees no key returns zeros. Same semantics as the model's XLA path."""
-    b, h, nq, d = q.shape
-    kv_heads, t = k.shape[1], k.shape[2]
-    qg = q.reshape(b, kv_heads, h // kv_heads, nq, d)
-    scores = jnp.einsum("bkgqd,bktd->bkgqt", qg, k, preferred_element_type=jnp.float32) * sm_scale
-    mask = build_mask(policy, nq, t)[:, None, None, :, :]
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1) * jnp.any(mask, axis=-1, keepdims=True)
-    out = jnp.einsum("bkgqt,bktd->bkgqd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.reshape(b, h, nq, d).astype(q.dtype)

@@ -133,7 +133,7 @@ def _check_knobs(cfg, mode, max_new_tokens, block_length, threshold, temperature
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if not isinstance(block_length, (int, np.integer)) or block_length < 1:
         raise ValueError(f"block_length must be a positive integer, got {block_length!r}")
-    if mode in ("diffusion", "quadratic_spec") and max_new_tokens % block_length:
+    if mode == "diffusion" and max_new_tokens % block_length:
         raise ValueError(
             f"block_length ({block_length}) must divide max_new_tokens ({max_new_tokens}) in {mode} mode"
         )
@@ -201,7 +201,7 @@ def generate(
     samples with ``key(seed[i])`` alone, so its tokens depend only on its prompt, its seed and
     the knobs, never on the other rows or its place in the batch).
     ``lora``: use the draft LoRA in the bidirectional passes (default: when the model has one;
-    AR ignores it). ``cache_len``: static KV-cache slots (default and minimum: the prompt bucket
+    AR and quadratic_spec ignore it). ``cache_len``: static KV-cache slots (default and minimum: the prompt bucket
     + the output bucket + the mode's window slack).
     """
     cfg = model.config

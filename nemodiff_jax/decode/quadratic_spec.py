@@ -108,7 +108,7 @@ def quadratic_start(
     padded = jnp.concatenate([prompt, jnp.full((b, bk), cfg.pad_token_id, jnp.int32)], axis=1)
     tokens = jnp.where(idx < pl, padded, jnp.where(idx < pl + bk, m, cfg.pad_token_id))
     positions = jnp.broadcast_to(idx, (b, width))
-    policy = masks.mixed(jnp.zeros((b,), jnp.int32), prompt_len, prompt_len + bk, width, b)
+    policy = masks.mixed(jnp.zeros((b,), jnp.int32), prompt_len, prompt_len + bk, b)
     cache = KVCache.init(cfg, b, cache_len, jnp.dtype(cfg.dtype))
     logits, cache = forward(params, cfg, tokens, positions, policy, cache, 0.0)
     cache = cache.with_length(prompt_len)

@@ -149,7 +149,3 @@ def margin(logits: Float[Array, "... V"]) -> Float[Array, "..."]:
     p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     top2 = jax.lax.top_k(p, 2)[0]
     return top2[..., 0] - top2[..., 1]
-
-
-def is_mask(tokens: Int[Array, "..."], mask_token_id: int) -> Bool[Array, "..."]:
-    return tokens == mask_token_id

@@ -6,11 +6,11 @@ Both take queries ``[B, Hq, Q, D]`` and the cache (window already written)
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .masks import AttentionPolicy, build_mask
+from pallas_kernels.reference import reference
+
+from .masks import AttentionPolicy
 
 
 def xla_attention(
@@ -20,18 +20,10 @@ def xla_attention(
     policy: AttentionPolicy,
     sm_scale: float,
 ) -> Float[Array, "B H Q D"]:
-    """Grouped-query attention with a dense policy mask; softmax in float32."""
-    b, h, nq, d = q.shape
-    kv_heads, t = k.shape[1], k.shape[2]
-    qg = q.reshape(b, kv_heads, h // kv_heads, nq, d)
-    scores = jnp.einsum("bkgqd,bktd->bkgqt", qg, k, preferred_element_type=jnp.float32) * sm_scale
-    mask = build_mask(policy, nq, t)[:, None, None, :, :]
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    # A row that sees nothing (only possible for an empty prefix and window) returns zeros,
-    # as the Pallas kernel does, rather than the mean of the values.
-    probs = jax.nn.softmax(scores, axis=-1) * jnp.any(mask, axis=-1, keepdims=True)
-    out = jnp.einsum("bkgqt,bktd->bkgqd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.reshape(b, h, nq, d).astype(q.dtype)
+    """Grouped-query attention with a dense policy mask; softmax in float32; a row that sees
+    nothing returns zeros, as the Pallas kernel does. The computation is the kernels' own jnp
+    reference (:func:`pallas_kernels.reference.reference`), shared so the two cannot drift."""
+    return reference(q, k, v, policy, sm_scale=sm_scale)
 
 
 def attend(q, k, v, policy: AttentionPolicy, sm_scale: float, impl: str = "xla"):

@@ -25,14 +25,6 @@ class KVCache:
     v: Any
     length: Any
 
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[3]
-
-    @property
-    def batch(self) -> int:
-        return self.k.shape[1]
-
     @staticmethod
     def init(cfg: NLDConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
         dtype = jnp.dtype(dtype or cfg.dtype)

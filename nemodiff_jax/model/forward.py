@@ -75,7 +75,7 @@ def forward(
     return NLDModel(cfg).apply({"params": params}, tokens, positions, policy, cache, lora)
 
 
-def validate_ids(ids, cfg: NLDConfig, max_len: int | None = None) -> jnp.ndarray:
+def validate_ids(ids, cfg: NLDConfig) -> jnp.ndarray:
     """An int32 ``[B, L]`` array of in-vocabulary ids, or a ValueError naming the problem."""
     if isinstance(ids, (list, tuple)):
         ids = np.asarray(ids)
@@ -90,7 +90,7 @@ def validate_ids(ids, cfg: NLDConfig, max_len: int | None = None) -> jnp.ndarray
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi >= cfg.vocab_size:
             raise ValueError(f"ids outside the vocabulary [0, {cfg.vocab_size}): min {lo}, max {hi}")
-    limit = cfg.max_position_embeddings if max_len is None else min(max_len, cfg.max_position_embeddings)
+    limit = cfg.max_position_embeddings
     if ids.shape[1] > limit:
         raise ValueError(f"sequence of {ids.shape[1]} tokens is longer than the maximum position {limit}")
     return jnp.asarray(ids, jnp.int32)

@@ -114,7 +114,6 @@ class NLDModel(nn.Module):
         policy: AttentionPolicy,
         cache: KVCache | None = None,
         lora=0.0,
-        return_hidden: bool = False,
     ):
         c = self.cfg
         dt = jnp.dtype(c.dtype)
@@ -135,6 +134,4 @@ class NLDModel(nn.Module):
         head = self.param("diffusion_head", _init, (c.hidden_size, c.vocab_size), dt)
         logits = jnp.einsum("bqh,hv->bqv", x, head, preferred_element_type=jnp.float32)
         new_cache = None if cache is None else cache.replace(k=new_kv[0], v=new_kv[1])
-        if return_hidden:
-            return logits, new_cache, x
         return logits, new_cache

@@ -24,14 +24,13 @@ Per-row fields are traced int32 arrays, so changing them never recompiles.
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Bool, Int
 
-Layout = Literal["window", "quadratic", "block_diff"]
 LAYOUTS = ("window", "quadratic", "block_diff")
 
 
@@ -71,10 +70,9 @@ def bidirectional(prefix_len, window: int, batch: int | None = None, window_len=
     return AttentionPolicy(_rows(prefix_len, batch), _rows(0, batch), _rows(wl, batch))
 
 
-def mixed(prefix_len, bidir_start, window_len, window: int, batch: int | None = None) -> AttentionPolicy:
+def mixed(prefix_len, bidir_start, window_len, batch: int | None = None) -> AttentionPolicy:
     """Causal up to ``bidir_start``, then queries that see the whole valid window."""
     batch = jnp.shape(prefix_len)[0] if batch is None else batch
-    del window
     return AttentionPolicy(_rows(prefix_len, batch), _rows(bidir_start, batch), _rows(window_len, batch))
 
 

@@ -110,7 +110,7 @@ def draft_loss(
     in_block = (idx > s) & (idx < s + block)
     tokens = jnp.where(in_block, cfg.mask_token_id, ids)
     pos = jnp.broadcast_to(idx, (b, length))
-    policy = masks.mixed(jnp.zeros((b,), jnp.int32), starts, jnp.minimum(starts + block, length), length, b)
+    policy = masks.mixed(jnp.zeros((b,), jnp.int32), starts, jnp.minimum(starts + block, length), b)
     gate = (idx >= s).astype(jnp.float32)[..., None]  # LoRA on for the draft block only
     logits, _ = forward(merge_lora(base, lora), cfg, tokens, pos, policy, None, gate)
     target = jnp.concatenate([verify[:, :1], verify[:, :-1]], axis=1)  # target[j] = verifier argmax at j-1

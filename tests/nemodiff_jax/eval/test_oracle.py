@@ -121,7 +121,7 @@ def nocache_predictor(model, prefix: list[int]):
             ids = jnp.asarray([prefix + [int(t) for t in row]], jnp.int32)
             n = ids.shape[1]
             zero = jnp.zeros((1,), jnp.int32)
-            pol = masks.mixed(zero, jnp.asarray([p], jnp.int32), jnp.asarray([n], jnp.int32), n, 1)
+            pol = masks.mixed(zero, jnp.asarray([p], jnp.int32), jnp.asarray([n], jnp.int32), 1)
             logits, _ = nd.forward(model.params, cfg, ids, jnp.arange(n, dtype=jnp.int32)[None], pol, None, jnp.float32(0))
             lg = np.array(logits[0, p:], np.float64)
             lg[:, cfg.mask_token_id] = -np.inf

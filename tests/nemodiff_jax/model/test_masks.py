@@ -74,7 +74,7 @@ def test_bidirectional_window_at_the_end_of_the_cache():
 
 def test_mixed_bootstrap_and_right_padding():
     prefix = jnp.array([0, 0], jnp.int32)
-    pol = masks.mixed(prefix, jnp.array([5, 3]), jnp.array([9, 7]), 10)
+    pol = masks.mixed(prefix, jnp.array([5, 3]), jnp.array([9, 7]))
     got = np.asarray(masks.build_mask(pol, 10, 10))
     np.testing.assert_array_equal(got[0], brute_window(0, 5, 9, 10, 10))
     np.testing.assert_array_equal(got[1], brute_window(0, 3, 7, 10, 10))
