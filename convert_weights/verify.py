@@ -76,7 +76,7 @@ def torch_reference(hf_dir: Path, dtype: str, layers: int | None = None, adapter
 
 
 def _lora_hooks(encoder, adapter: Adapter, depth: int, dtype: str):
-    """o_proj(x) + (alpha / r) * B(A x) on every layer while switched on (NLD_SPEC 3.4)."""
+    """o_proj(x) + (alpha / r) * B(A x) on every layer while switched on (docs/ALGORITHMS.md, "Draft LoRA")."""
     import torch
 
     state = {"on": False}

@@ -10,7 +10,7 @@
 # %% [markdown]
 # # A tour of the four decoding modes
 #
-# One checkpoint, four ways to decode (NLD_SPEC section 3): autoregressive (`ar`), block
+# One checkpoint, four ways to decode (docs/ALGORITHMS.md, "AR decoding" to "Quadratic self-speculation"): autoregressive (`ar`), block
 # diffusion (`diffusion`), linear self-speculation (`linear_spec`) and quadratic
 # self-speculation (`quadratic_spec`). We run each on the same prompts from the held-out
 # synthetic tasks and compare outputs, forward passes (NFE) and tokens per forward (TPF).
@@ -65,7 +65,7 @@ MAX_NEW = max(2 * BLOCK, 32 if SMALL else 64)
 
 # %% [markdown]
 # ## Every mode on the same prompts
-# NFE is counted as NLD_SPEC section 3 counts it per mode (see `nemodiff_jax.decode.generate`).
+# NFE is counted per mode as in docs/ALGORITHMS.md, "Counting NFE and TPF" (see `nemodiff_jax.decode.generate`).
 
 # %%
 results = {}
@@ -83,7 +83,7 @@ for mode, res in results.items():
 
 # %% [markdown]
 # Linear speculation at temperature 0 is lossless: its output equals AR decoding
-# (up to floating-point near-ties, NLD_SPEC 3.3).
+# (up to floating-point near-ties, docs/ALGORITHMS.md, "Linear self-speculation").
 
 # %%
 same = [a == b for a, b in zip(results["ar"].tokens, results["linear_spec"].tokens)]

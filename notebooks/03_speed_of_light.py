@@ -10,7 +10,7 @@
 # %% [markdown]
 # # Speed of light: how fast could diffusion decode without changing its answer?
 #
-# NLD_SPEC 5.4: the paper reports a "speed-of-light" TPF of 7.6 at block 32, against about 3
+# docs/ALGORITHMS.md, "Speed of light": the paper reports a "speed-of-light" TPF of 7.6 at block 32, against about 3
 # for confidence-threshold sampling. The oracle here (`nemodiff_jax.eval.oracle`) computes
 # the same quantity for our models:
 #

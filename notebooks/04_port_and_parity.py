@@ -11,7 +11,7 @@
 # # Porting a checkpoint and checking parity
 #
 # NLD checkpoints are a transformers `Ministral3Model` plus an untied `diffusion_head`
-# (NLD_SPEC 1.5). Here we build a tiny random one with transformers, save it as an HF NLD
+# (docs/ALGORITHMS.md, "Checkpoints and special tokens"). Here we build a tiny random one with transformers, save it as an HF NLD
 # directory, load it with `nemodiff_jax.load` (directly, and after converting it with
 # `convert_weights`), and compare logits with PyTorch in both attention modes: causal (AR)
 # and bidirectional (diffusion). Real checkpoints go through the same two calls.

@@ -33,7 +33,7 @@ class Device:
 
 H100 = Device("H100 SXM", 3.35e12, 989e12)
 
-# Nemotron-Labs-Diffusion 8B (NLD_SPEC 1.2): 34 layers, 32 q heads, 8 kv heads, head_dim 128.
+# Nemotron-Labs-Diffusion 8B (docs/ALGORITHMS.md, "Model"): 34 layers, 32 q heads, 8 kv heads, head_dim 128.
 NLD_8B = dict(layers=34, q_heads=32, kv_heads=8, head_dim=128)
 
 

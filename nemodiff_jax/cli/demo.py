@@ -168,5 +168,5 @@ def render(console, model, texts, modes, runs) -> None:
         summary.add_row(m, f"{sum(r['tpf'] for r in rs) / len(rs):.2f}",
                         f"{sum(len(r['tokens']) for r in rs) / wall:.1f}" if wall > 0 else "—", ident)
     console.print(summary)
-    console.print("TPF = generated tokens / forward passes (NLD_SPEC 3). Timings exclude compilation unless "
+    console.print("TPF = generated tokens / forward passes (docs/ALGORITHMS.md, 'Counting NFE and TPF'). Timings exclude compilation unless "
                   "--no-warmup.", style="dim")

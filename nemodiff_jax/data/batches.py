@@ -1,6 +1,6 @@
 """Fixed-length int32 training arrays from task examples and corpus text (numpy only).
 
-Row layout for a task example (SFT, NLD_SPEC 4.3): `<bos> prompt answer... <eos> <pad>...`;
+Row layout for a task example (SFT, docs/ALGORITHMS.md, "Training objective"): `<bos> prompt answer... <eos> <pad>...`;
 `loss_mask` is 1 exactly on the answer tokens including `<eos>`, so prompts are never
 noised nor scored. Corpus windows are raw token runs with `loss_mask` all ones. AR losses
 use loss_mask[:, 1:] as the mask of next-token targets; diffusion masks where loss_mask is 1.

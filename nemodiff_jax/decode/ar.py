@@ -1,4 +1,4 @@
-"""Autoregressive decoding (NLD_SPEC 3.1) as one jitted ``lax.while_loop``.
+"""Autoregressive decoding (docs/ALGORITHMS.md, "AR decoding") as one jitted ``lax.while_loop``.
 
 Causal prefill of right-padded prompts, then one token per step per row: the token is
 chosen from the last logits (greedy at T = 0, else temperature / top-k / top-p sampling),
@@ -8,7 +8,7 @@ the same shapes but its tokens, cache length and NFE stop changing. The loop end
 every row is done.
 
 NFE counts token-choosing steps, i.e. generated tokens, so the prefill is not counted
-and TPF is 1 (NLD_SPEC 3.1). The forward that would follow a row's last token is skipped.
+and TPF is 1 (docs/ALGORITHMS.md, "AR decoding"). The forward that would follow a row's last token is skipped.
 
 Thinking budget: with ``max_thinking_tokens >= 0`` and ``end_think_id >= 0``, a row that
 has not emitted the end-think token by generated index ``max_thinking_tokens`` gets it forced
@@ -74,7 +74,7 @@ def ar_decode(
 
     ``max_new_tokens`` (<= out_len), ``temperature``, ``top_k``, ``top_p``,
     ``max_thinking_tokens`` and ``end_think_id`` are traced. ``lora`` is accepted for a
-    uniform signature and ignored: causal passes never use the draft LoRA (NLD_SPEC 3.4).
+    uniform signature and ignored: causal passes never use the draft LoRA (docs/ALGORITHMS.md, "Draft LoRA").
     stats: ``commit_pass`` int32[B, N] (1-based NFE index of each token, -1 past the end).
     """
     del lora

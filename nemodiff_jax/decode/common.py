@@ -27,7 +27,7 @@ class DecodeOutput:
 
     tokens: generated tokens ``[B, N]`` (N = the static output buffer), ``pad`` after the end.
     num_tokens: how many of them are real per row (cut after the first EOS, EOS included).
-    nfe: forward passes per row, counted as NLD_SPEC section 3 counts them for the mode.
+    nfe: forward passes per row, counted for the mode as in docs/ALGORITHMS.md, "Counting NFE and TPF".
     """
 
     tokens: Any  # int32[B, N]

@@ -1,4 +1,4 @@
-"""Block diffusion decoding (NLD_SPEC 3.2) as nested jitted ``lax.while_loop``\\ s.
+"""Block diffusion decoding (docs/ALGORITHMS.md, "Block diffusion decoding") as nested jitted ``lax.while_loop``\\ s.
 
 Per row: causal prefill (not counted); seed = choice from the last prompt logits. Blocks of
 the static ``block_length`` start at each row's prompt end. For each block:
@@ -47,7 +47,7 @@ from .common import DecodeOutput, positions_from, prefill
 
 
 def eos_stop(x: Int[Array, "B L"], eos: int, mask_id: int) -> Bool[Array, "B"]:
-    """Rows whose block has an EOS with no mask to its left (NLD_SPEC 3.2 early exit)."""
+    """Rows whose block has an EOS with no mask to its left (docs/ALGORITHMS.md, "Block diffusion decoding" early exit)."""
     length = x.shape[1]
     idx = jnp.arange(length, dtype=jnp.int32)[None, :]
     first_eos = jnp.min(jnp.where(x == eos, idx, length), axis=1)
@@ -107,7 +107,7 @@ def diffusion_decode(
     ``out_len`` must be a multiple of ``block_length``; ``max_new_tokens`` (traced) is
     rounded down to a block multiple (callers validate it). ``policy`` names an
     :mod:`~nemodiff_jax.decode.unmask` policy: ``threshold`` uses the traced ``threshold``, the
-    ranking policies the NLD_SPEC 3.2 quota schedule, ``eb`` the traced ``gamma``. ``lora``
+    ranking policies the quota schedule (docs/ALGORITHMS.md, "Unmasking policies"), ``eb`` the traced ``gamma``. ``lora``
     (traced, 0 or 1) scales the draft LoRA in the bidirectional denoise passes only; the
     prefill and commit passes are plain causal passes of the base model.
     """

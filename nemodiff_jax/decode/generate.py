@@ -10,15 +10,15 @@ of two >= 64 rounded up to a block multiple). ``max_new_tokens`` inside its buck
 the thinking budget are traced, so changing them never recompiles (linear_spec's ``acceptance``
 rule is static).
 
-How NFE (forward passes, per row) is counted, following NLD_SPEC section 3:
+How NFE (forward passes, per row) is counted, following docs/ALGORITHMS.md, "Counting NFE and TPF":
 
 * ``ar``: one per generated token; the prompt prefill is not counted (TPF = 1).
 * ``diffusion``: one per denoising step plus one causal commit pass per decoded block
   (the final block's commit included); the prefill is not counted.
 * ``linear_spec``: the prefill counts as 1 (it yields the first token), then one per draft
-  pass and one per verify pass (NLD_SPEC 3.3).
+  pass and one per verify pass (docs/ALGORITHMS.md, "Linear self-speculation").
 * ``quadratic_spec``: the first forward over ``[prompt, M x B]`` counts as 1, then one per
-  cycle (NLD_SPEC 3.5, QUADRATIC.md).
+  cycle (docs/ALGORITHMS.md, "Quadratic self-speculation").
 
 TPF = generated tokens (EOS included) / NFE, per row.
 """
@@ -192,7 +192,7 @@ def generate(
 ) -> GenerateResult:
     """Generate continuations of ``prompts`` (strings need ``model.tokenizer``; or lists of ids).
 
-    ``threshold``: diffusion's confidence threshold (None = the quota schedule, NLD_SPEC 3.2)
+    ``threshold``: diffusion's confidence threshold (None = the quota schedule, docs/ALGORITHMS.md, "Unmasking policies")
     or linear speculation's draft threshold (None = 0: fill the block in one draft pass).
     ``policy``: the diffusion unmask policy (:mod:`nemodiff_jax.decode.unmask`); ``policy_params``:
     per-mode extras: diffusion ``gamma`` (``eb``, traced), linear_spec ``acceptance``

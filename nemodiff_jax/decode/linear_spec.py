@@ -1,4 +1,4 @@
-"""Linear self-speculation (NLD_SPEC 3.3) as one jitted ``lax.while_loop`` over cycles.
+"""Linear self-speculation (docs/ALGORITHMS.md, "Linear self-speculation") as one jitted ``lax.while_loop`` over cycles.
 
 One checkpoint drafts and verifies: per cycle the block ``[seed, M x (B-1)]`` is drafted by
 bidirectional peek passes over the cached prefix with the draft LoRA on, then the filled
@@ -24,7 +24,7 @@ Acceptance (static ``acceptance``; both are the greedy rule at T = 0):
   confidence, so the true proposal law is not the recorded ``q``: the output is then only
   approximately AR-distributed ("match" stays exact for any draft).
 
-NFE (NLD_SPEC 3.3): the causal prefill counts 1; each draft pass and each verify pass counts 1.
+NFE (docs/ALGORITHMS.md, "Linear self-speculation"): the causal prefill counts 1; each draft pass and each verify pass counts 1.
 ``threshold == 0`` gives 2 NFE per cycle; ``threshold > 0`` gives 1 verify + >= 1 draft passes.
 
 Deviations from the HF ``linear_spec_generate`` (documented, deliberate):
@@ -33,7 +33,7 @@ Deviations from the HF ``linear_spec_generate`` (documented, deliberate):
 * output is cut at ``max_new_tokens`` (HF can return up to B-1 extra tokens of the last cycle);
 * thinking budget: the end-think token is placed exactly at generated index
   ``max_thinking_tokens`` (the cycle's emitted tokens are cut there, the forced token becomes
-  the seed and is emitted), which is the AR rule of NLD_SPEC 3.1. HF forces the *next* seed
+  the seed and is emitted), which is the AR rule of docs/ALGORITHMS.md, "AR decoding". HF forces the *next* seed
   after a cycle that passed the budget and never writes it to its output;
 * confidence for ``threshold > 0`` at T > 0 is the draft probability ``q`` of the sampled token
   (HF: ``softmax(logits / T)``, the same without top-k / top-p).
@@ -367,7 +367,7 @@ def linear_spec_decode(
     cache_len: int,
     acceptance: str = "speculative",
 ) -> DecodeOutput:
-    """Linear self-speculative decode of ``[B, P]`` right-padded prompts (NLD_SPEC 3.3).
+    """Linear self-speculative decode of ``[B, P]`` right-padded prompts (docs/ALGORITHMS.md, "Linear self-speculation").
 
     Traced: ``max_new_tokens`` (clipped to out_len), ``temperature``, ``top_k`` (<= 0 off),
     ``top_p`` (>= 1 off), ``threshold`` (0 = one draft pass), ``lora`` (1.0 = draft LoRA on in

@@ -1,4 +1,4 @@
-"""Quadratic self-speculation (QUADRATIC.md section A, the DEV ``self_spec_generate``), batched.
+"""Quadratic self-speculation (docs/ALGORITHMS.md, "Quadratic self-speculation", the DEV ``self_spec_generate``), batched.
 
 One forward per cycle verifies the current draft and drafts every possible next block at once:
 the B x (B+1) layout (:func:`masks.quadratic`) puts row i = ``[d_i, M x B]`` at positions
@@ -20,7 +20,7 @@ all B masks, and hides the right padding. The cache is cropped to ``prompt_len``
 ``d_0`` = AR argmax of the last prompt slot, ``d_j`` = diffusion argmax of mask j (j >= 1).
 
 NFE per row = 1 (bootstrap) + the cycles that row ran; a finished row stops counting. Positions
-(RoPE and the Llama-4 query scale) are the true position ids ``L0 + i + s`` (QUADRATIC.md A.4).
+(RoPE and the Llama-4 query scale) are the true position ids ``L0 + i + s`` (docs/ALGORITHMS.md, "Quadratic self-speculation").
 
 Deviations from DEV, deliberate: the mask token is never drafted (excluded from argmaxes);
 batch > 1 with per-row L0; no ``max_new_tokens % B`` or ``steps`` requirement; output is cut at

@@ -3,7 +3,7 @@
 Every knob (temperature, top_k, top_p) is a traced scalar, so sweeping it never recompiles:
 both the greedy and the sampled branch are computed and one is selected with ``jnp.where``.
 At ``temperature == 0`` the choice is the greedy argmax. The mask token is never chosen
-(NLD_SPEC 3.2 notes SGLang excludes it and reports no accuracy change; DESIGN "Numbers").
+(docs/ALGORITHMS.md, "Block diffusion decoding" notes SGLang excludes it and reports no accuracy change; docs/DESIGN.md, "Numbers and dtypes").
 
 Filtering order: mask token removed, logits divided by T, top-k (by rank, ties broken by
 lower token id), then top-p on the renormalised top-k distribution (the smallest prefix of
@@ -132,7 +132,7 @@ def choose(
 
 
 def confidence(logits: Float[Array, "... V"], tokens: Int[Array, "..."]) -> Float[Array, "..."]:
-    """Softmax of the RAW logits (full vocabulary, T-independent) at ``tokens`` (NLD_SPEC 3.2)."""
+    """Softmax of the RAW logits (full vocabulary, T-independent) at ``tokens`` (docs/ALGORITHMS.md, "Block diffusion decoding")."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return jnp.exp(jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0])
 

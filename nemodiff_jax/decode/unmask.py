@@ -13,8 +13,8 @@ position that is not masked. The numeric knobs in :class:`UnmaskParams` are trac
 Registry (:data:`POLICIES`, :func:`get`):
 
 * ``threshold``: confidence (raw softmax at the candidate); the best one plus every other
-  with confidence >= ``threshold`` (NLD_SPEC 3.2, HF ``threshold=tau``).
-* ``quota`` (aliases ``low_confidence``, ``topk``): the ``quota`` most confident (NLD_SPEC 3.2,
+  with confidence >= ``threshold`` (docs/ALGORITHMS.md, "Unmasking policies", HF ``threshold=tau``).
+* ``quota`` (aliases ``low_confidence``, ``topk``): the ``quota`` most confident (docs/ALGORITHMS.md, "Unmasking policies",
   HF ``threshold=None``; :func:`quota_schedule` gives the per-step quotas).
 * ``margin``: the ``quota`` positions with the largest top-1 minus top-2 probability (3.7).
 * ``entropy``: the ``quota`` positions with the lowest entropy (3.7 negative entropy).
@@ -131,7 +131,7 @@ def get(name: str) -> Policy:
 
 
 def quota_schedule(num_masked: Int[ArrayLike, "..."], steps: int) -> Int[Array, "... S"]:
-    """Per-step commit counts: ``num_masked`` split evenly over ``steps``, remainder first (NLD_SPEC 3.2)."""
+    """Per-step commit counts: ``num_masked`` split evenly over ``steps``, remainder first (docs/ALGORITHMS.md, "Unmasking policies")."""
     n = jnp.asarray(num_masked, jnp.int32)[..., None]
     s = jnp.arange(steps, dtype=jnp.int32)
     return n // steps + (s < n % steps).astype(jnp.int32)

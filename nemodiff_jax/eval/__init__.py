@@ -2,7 +2,7 @@
 
 * :func:`evaluate` (:mod:`.runner`): accuracy, NFE, TPF, acceptance length, tokens/s per task and mode.
 * :func:`run_sweep` (:mod:`.sweep`): policy x threshold x block x temperature x LoRA grid, Pareto front, plot.
-* :func:`sol_oracle` / :func:`oracle_report` (:mod:`.oracle`): the NLD_SPEC 5.4 speed-of-light TPF.
+* :func:`sol_oracle` / :func:`oracle_report` (:mod:`.oracle`): the speed-of-light TPF (docs/ALGORITHMS.md, "Speed of light").
 * :mod:`.datasets` (synthetic suite, JSONL), :mod:`.scorers` (exact, last number, boxed), :mod:`.cli`.
 
 Submodules load lazily so ``import nemodiff_jax.eval`` stays cheap.

@@ -155,7 +155,7 @@ def oracle_main(argv: Sequence[str] | None = None) -> int:
     """``nemodiff oracle --block-length 8 --thresholds 0.9``: SOL TPF beside threshold sampling."""
     from .oracle_report import oracle_report
 
-    p = argparse.ArgumentParser(prog="nemodiff oracle", description="Speed-of-light TPF (NLD_SPEC 5.4) vs threshold sampling.")
+    p = argparse.ArgumentParser(prog="nemodiff oracle", description="Speed-of-light TPF (docs/ALGORITHMS.md, 'Speed of light') vs threshold sampling.")
     _common(p, "runs/oracle")
     p.set_defaults(n=2)
     p.add_argument("--block-length", type=int, default=8)

@@ -1,7 +1,7 @@
-"""Speed-of-light (SOL) oracle for block diffusion (NLD_SPEC 5.4): how many tokens per forward
+"""Speed-of-light (SOL) oracle for block diffusion (docs/ALGORITHMS.md, "Speed of light"): how many tokens per forward
 could ANY unmasking sampler reach while reproducing the slow serial output exactly?
 
-Definitions (greedy decoding, T = 0, causal context as in NLD_SPEC 3.2):
+Definitions (greedy decoding, T = 0, causal context as in docs/ALGORITHMS.md, "Block diffusion decoding"):
 
 * **Serial reference.** Block diffusion that commits, per denoise forward, the single most
   confident masked position (quota 1; ties to the left): the ``quota`` policy with
@@ -252,7 +252,7 @@ def _schedule(parents, state: int, last: int, free: list[int]) -> list[list[int]
 
 @dataclasses.dataclass
 class OracleResult:
-    """One prompt: the serial target and the SOL schedule, with NFE counted as in NLD_SPEC 3.2.
+    """One prompt: the serial target and the SOL schedule, with NFE counted as in docs/ALGORITHMS.md, "Block diffusion decoding".
 
     ``commit_step`` / ``serial_commit_step``: the 1-based NFE index of the forward that committed
     each target token (0 = the first seed, which comes from the uncounted prefill).

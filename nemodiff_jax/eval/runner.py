@@ -74,12 +74,12 @@ def mode_kwargs(mode: str, knobs: dict[str, Any], block_default: int) -> dict[st
     """The ``generate`` keyword arguments ``mode`` takes from ``knobs`` (see :data:`ROUTES`).
 
     ``max_new_tokens`` is rounded down to a block multiple (at least one block) where the mode
-    needs it, as the reference ``evaluate.py`` does (NLD_SPEC 6.7). Diffusion runs without the
+    needs it, as the reference ``evaluate.py`` does (docs/ALGORITHMS.md, "Deviations from the official code"). Diffusion runs without the
     draft LoRA unless ``lora`` says otherwise; linear speculation uses it when the model has one.
     """
     kw = {k: v for k, v in knobs.items() if k in ROUTES[mode] and v is not None}
     if mode == "diffusion":
-        kw.setdefault("lora", False)  # the draft LoRA is linear speculation's (NLD_SPEC 3.4) unless asked for
+        kw.setdefault("lora", False)  # the draft LoRA is linear speculation's (docs/ALGORITHMS.md, "Draft LoRA") unless asked for
     if "draft_threshold" in kw:
         kw["threshold"] = kw.pop("draft_threshold")
     if mode in ("diffusion", "quadratic_spec") and "max_new_tokens" in kw:

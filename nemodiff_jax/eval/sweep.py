@@ -38,7 +38,7 @@ GAMMA_POLICIES = ("eb",)
 @dataclasses.dataclass(frozen=True)
 class SweepGrid:
     """The swept values. ``thresholds`` apply to ``threshold``, ``gammas`` to ``eb``; other policies
-    (quota, margin, entropy, leftmost, random) commit the NLD_SPEC 3.2 quota schedule."""
+    (quota, margin, entropy, leftmost, random) commit the quota schedule (docs/ALGORITHMS.md, "Unmasking policies")."""
 
     policies: tuple[str, ...] = ("threshold", "quota")
     thresholds: tuple[float, ...] = (0.5, 0.7, 0.9)

@@ -1,4 +1,4 @@
-"""The draft LoRA (NLD_SPEC 1.7, 3.4): a PEFT adapter on every layer's ``o_proj``.
+"""The draft LoRA (docs/ALGORITHMS.md, "Draft LoRA"): a PEFT adapter on every layer's ``o_proj``.
 
 Released Instruct checkpoints ship it as ``linear_spec_lora/`` (``adapter_config.json`` +
 ``adapter_model.safetensors``, keys ``base_model.model.encoder.layers.{i}.self_attn.o_proj.

@@ -4,7 +4,7 @@ Why a wrapper and not ``transformers.AutoTokenizer``: the library must run witho
 transformers, and the decoding code needs only a few things from a tokenizer: ids for a
 prompt, text for ids, the chat template, and the special ids the model was trained with.
 Ids of the special tokens that drive decoding (BOS, EOS, mask, pad) come from the model
-config, never from the tokenizer files (NLD_SPEC 1.6: the config's EOS 11 is the one used).
+config, never from the tokenizer files (docs/ALGORITHMS.md, "Checkpoints and special tokens": the config's EOS 11 is the one used).
 
 The chat template is rendered the way ``transformers`` renders it (sandboxed jinja2,
 ``trim_blocks``/``lstrip_blocks``, ``raise_exception``, ``bos_token``/``eos_token`` and the

@@ -1,4 +1,4 @@
-"""The static-shape KV cache (DESIGN.md): preallocated, indexed, never reallocated.
+"""The static-shape KV cache (docs/DESIGN.md, "The static cache"): preallocated, indexed, never reallocated.
 
 ``k, v: [layers, B, kv_heads, T_max, head_dim]`` plus ``length: int32[B]``. A forward
 writes its window's K/V at ``[length, length + Q)``; the caller decides the new length:
@@ -39,7 +39,7 @@ class KVCache:
         """Move the K/V at slots ``start + i * stride`` (i < count) to ``start + i``.
 
         Quadratic self-speculation keeps only the row heads of its B x (B+1) layout
-        (QUADRATIC.md A.2); the length is left to the caller.
+        (docs/ALGORITHMS.md, "Quadratic self-speculation"); the length is left to the caller.
         """
         idx = jnp.arange(count, dtype=jnp.int32)
 

@@ -16,7 +16,7 @@ _MODEL_TYPES = ("nemotron_labs_diffusion", "ministral3")
 
 @dataclasses.dataclass(frozen=True)
 class NLDConfig:
-    """Geometry, RoPE and special tokens of an NLD model (NLD_SPEC 1.2-1.4)."""
+    """Geometry, RoPE and special tokens of an NLD model (docs/ALGORITHMS.md, "Model" and "Checkpoints and special tokens")."""
 
     vocab_size: int
     hidden_size: int
@@ -27,7 +27,7 @@ class NLDConfig:
     head_dim: int
     rms_norm_eps: float = 1e-5
     max_position_embeddings: int = 262144
-    # RoPE: YaRN (NLD_SPEC 1.3). rope_type "default" disables the YaRN ramp.
+    # RoPE: YaRN (docs/ALGORITHMS.md, "Model"). rope_type "default" disables the YaRN ramp.
     rope_type: str = "yarn"
     rope_theta: float = 1.0e6
     rope_factor: float = 16.0
@@ -38,13 +38,13 @@ class NLDConfig:
     mscale_all_dim: float = 1.0
     rope_truncate: bool = True
     llama4_scaling_beta: float = 0.1
-    # Special tokens and diffusion settings (NLD_SPEC 1.4, 1.6).
+    # Special tokens and diffusion settings (docs/ALGORITHMS.md, "Checkpoints and special tokens").
     mask_token_id: int = 100
     bos_token_id: int = 1
     eos_token_id: int = 11
     pad_token_id: int = 11
     block_size: int = 32
-    # Draft LoRA on o_proj (NLD_SPEC 1.7); rank 0 means the model has none.
+    # Draft LoRA on o_proj (docs/ALGORITHMS.md, "Draft LoRA"); rank 0 means the model has none.
     lora_rank: int = 0
     lora_alpha: float = 0.0
     # Numerics and kernels.

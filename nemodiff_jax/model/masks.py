@@ -13,10 +13,10 @@ Layouts (static, they change the structure of the mask):
   ``bidir_start = Q`` is causal, ``bidir_start = 0`` is a bidirectional block, and
   ``0 < bidir_start < Q`` is the quadratic-speculation bootstrap ("default") mask:
   prompt causal, trailing masks see everything. ``window_len`` hides right padding.
-* ``"quadratic"``: the B x (B+1) self-speculation layout (QUADRATIC.md A.2). Row
+* ``"quadratic"``: the B x (B+1) self-speculation layout (docs/ALGORITHMS.md, "Quadratic self-speculation"). Row
   ``r`` is ``[d_r, M x B]``; the row head sees the heads ``0..r``; a mask slot of row
   ``r`` sees the heads ``0..r`` and every slot of its own row.
-* ``"block_diff"``: the training mask over ``[x_t | x_0]`` (NLD_SPEC 2.6), used
+* ``"block_diff"``: the training mask over ``[x_t | x_0]`` (docs/ALGORITHMS.md, "Training objective"), used
   without a cache: the window is the whole doubled sequence of length ``2L``.
 
 Per-row fields are traced int32 arrays, so changing them never recompiles.

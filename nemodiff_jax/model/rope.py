@@ -1,4 +1,4 @@
-"""YaRN rotary embeddings and the Llama-4 query scale (NLD_SPEC 1.3).
+"""YaRN rotary embeddings and the Llama-4 query scale (docs/ALGORITHMS.md, "Model").
 
 The inverse frequencies are computed the way transformers' ``_compute_yarn_parameters``
 does (same correction range, truncation and ramp), in float32, so ported checkpoints

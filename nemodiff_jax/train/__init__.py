@@ -1,2 +1,2 @@
-"""Training: the joint AR + diffusion objective (NLD_SPEC 4), the loop, draft-LoRA training
-(NLD_SPEC 3.4), export to an HF directory, and the embedded-model evaluation."""
+"""Training: the joint AR + diffusion objective (docs/ALGORITHMS.md, "Training objective"), the loop, draft-LoRA training
+(docs/ALGORITHMS.md, "Draft LoRA"), export to an HF directory, and the embedded-model evaluation."""

@@ -1,4 +1,4 @@
-"""Draft-LoRA training (NLD_SPEC 3.4): freeze the base, train the o_proj LoRA so that
+"""Draft-LoRA training (docs/ALGORITHMS.md, "Draft LoRA"): freeze the base, train the o_proj LoRA so that
 bidirectional drafts match the causal verifier's greedy tokens.
 
 Per training row we pick a draft start ``s`` in the answer (the first answer token with

@@ -1,10 +1,10 @@
-"""The joint NLD training objective (NLD_SPEC 4): L = w_ar * L_AR + w_diff * L_diff.
+"""The joint NLD training objective (docs/ALGORITHMS.md, "Training objective"): L = w_ar * L_AR + w_diff * L_diff.
 
-One forward over the doubled sequence ``[x_t | x_0]`` under the block-diff mask (NLD_SPEC 2.6)
+One forward over the doubled sequence ``[x_t | x_0]`` under the block-diff mask (docs/ALGORITHMS.md, "Training objective")
 gives both logit sets: ``logits[:, :L]`` are diffusion logits (position j predicts clean token
 j), ``logits[:, L:]`` causal logits (position j predicts token j+1). Both halves are positioned
 0..L-1. Losses are summed over the batch and divided once by the global token count
-``N_masked + N_AR`` ("global token averaging", NLD_SPEC 4.2), so short answers and long
+``N_masked + N_AR`` ("global token averaging", docs/ALGORITHMS.md, "Training objective"), so short answers and long
 windows weigh per token, not per sequence.
 
 ``eligible`` (= the data's ``loss_mask``) marks the supervised tokens: only they are ever
@@ -34,7 +34,7 @@ class ObjectiveConfig:
     ar_weight: float = 1.0
     diff_weight: float = 0.3
     eps: float = 1e-3
-    corruption: str = "uniform"  # or "blockwise" (NLD_SPEC 4.3, position dependent)
+    corruption: str = "uniform"  # or "blockwise" (docs/ALGORITHMS.md, "Training objective", position dependent)
     half_life_ratio: float = 0.25
     block_size: int = 32
 
@@ -65,7 +65,7 @@ def corrupt_blockwise(
     eps: float = 1e-3,
     half_life_ratio: float = 0.25,
 ) -> tuple[Bool[Array, "B L"], Float[Array, "B L"]]:
-    """Position-dependent corruption (NLD_SPEC 4.3 ``corrupt_blockwise``).
+    """Position-dependent corruption (docs/ALGORITHMS.md, "Training objective" ``corrupt_blockwise``).
 
     Per block m ~ U(eps, 1); exactly k = round(m * n) of the block's n eligible tokens are
     masked, chosen by Gumbel-top-k with log-weights lambda (1-m) i (i = index in the block,

@@ -39,7 +39,7 @@ ref_fn = jax.jit(xla_attention, static_argnames=("sm_scale",))
 
 
 def np_mask(layout, block, prefix, bidir, wlen, nq, nt):
-    """[Q, T] visibility written from masks.py's docstring, QUADRATIC.md A.2 and NLD_SPEC 2.6."""
+    """[Q, T] visibility written from masks.py's docstring, docs/ALGORITHMS.md, "Attention policies" (the quadratic and block-diff layouts)."""
     m = np.zeros((nq, nt), bool)
     for i in range(nq):
         for s in range(nt):

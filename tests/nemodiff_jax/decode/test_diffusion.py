@@ -1,4 +1,4 @@
-"""Block diffusion vs a cache-free numpy reimplementation of NLD_SPEC 3.2; invariants; batching."""
+"""Block diffusion vs a cache-free numpy reimplementation of docs/ALGORITHMS.md, "Block diffusion decoding"; invariants; batching."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def run(model, rows, max_new, threshold=0.5, policy="threshold", temperature=0.0
 
 
 def oracle(model, prompt, max_new, bl, threshold):
-    """NLD_SPEC 3.2 on the explicit sequence (no cache): returns tokens, nfe, commit pass per token.
+    """docs/ALGORITHMS.md, "Block diffusion decoding" on the explicit sequence (no cache): returns tokens, nfe, commit pass per token.
 
     ``threshold=None`` is the quota schedule."""
     cfg = model.config

@@ -1,5 +1,5 @@
 """Linear self-speculation vs independent references: a cache-free greedy AR brute force, a
-plain-python NLD_SPEC 3.3 (draft / verify / accept) on explicit sequences, and the exact AR
+plain-python docs/ALGORITHMS.md, "Linear self-speculation" (draft / verify / accept) on explicit sequences, and the exact AR
 distribution by enumeration for speculative sampling. Compiles are the cost here (2 cores), so
 every test shares a few static shapes and varies only traced knobs and parameters."""
 
@@ -107,7 +107,7 @@ def draft_logits(model, seq, l0: int, lora: float) -> np.ndarray:
 
 
 def reference_linear(model, prompt, max_new, bk, threshold, lora, think=-1, end_think=-1):
-    """NLD_SPEC 3.3 at T = 0 in plain python on explicit sequences (no cache): returns
+    """docs/ALGORITHMS.md, "Linear self-speculation" at T = 0 in plain python on explicit sequences (no cache): returns
     (tokens, nfe, acceptance lengths, commit_pass)."""
     cfg = model.config
     m, eos = cfg.mask_token_id, cfg.eos_token_id

@@ -1,5 +1,5 @@
 """Quadratic self-speculation vs independent references: a cache-free greedy AR brute force, a
-plain-python QUADRATIC.md section A on explicit sequences (verification chain and the drafts
+plain-python docs/ALGORITHMS.md, "Quadratic self-speculation" on explicit sequences (verification chain and the drafts
 of every row), and the causal K/V of the committed tokens after cycles."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def run(model, rows, max_new=MAX_NEW, *, bk=4, think=-1, end_think=-1, mix=-1.0)
 
 
 def reference_quadratic(model, prompt, max_new, bk, think=-1, end_think=-1):
-    """QUADRATIC.md A at ar_mix None on explicit sequences (no cache): (tokens, nfe, acceptance)."""
+    """docs/ALGORITHMS.md, "Quadratic self-speculation" at ar_mix None on explicit sequences (no cache): (tokens, nfe, acceptance)."""
     cfg = model.config
     m, eos = cfg.mask_token_id, cfg.eos_token_id
     prompt = [int(t) for t in prompt]

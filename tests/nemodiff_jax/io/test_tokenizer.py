@@ -76,7 +76,7 @@ def test_special_tokens_in_text_and_decode(small):
 
 
 def test_config_ids_win_over_tokenizer_files(tmp_path):
-    """NLD_SPEC 1.6: the EOS used for stopping is the config's, whatever tokenizer_config names."""
+    """docs/ALGORITHMS.md, "Checkpoints and special tokens": the EOS used for stopping is the config's, whatever tokenizer_config names."""
     d = build_tokenizer_dir(tmp_path)
     cfg = NLDConfig.preset("tiny").replace(vocab_size=512, eos_token_id=7, mask_token_id=4)
     tok = Tokenizer.from_dir(d, cfg)
@@ -167,7 +167,7 @@ def tekken(request, tmp_path_factory):
         convert_tekken_tokenizer(str(src)).save_pretrained(str(tmp))
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
-    cfg = NLDConfig.preset("8b")  # vocab 131072, BOS 1, EOS 11, mask 100 (NLD_SPEC 1.6)
+    cfg = NLDConfig.preset("8b")  # vocab 131072, BOS 1, EOS 11, mask 100 (docs/ALGORITHMS.md, "Checkpoints and special tokens")
     return Tokenizer.from_dir(out, cfg), Tekkenizer.from_file(str(src)), out
 
 

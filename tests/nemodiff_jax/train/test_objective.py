@@ -1,5 +1,5 @@
 """The joint objective against an independent float64 numpy computation, and the corruption
-processes' statistics (NLD_SPEC 2.6, 4.1-4.3)."""
+processes' statistics (docs/ALGORITHMS.md, "Training objective")."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _rope(x, pos, theta):  # x [T, N, D], rotate-half convention
 
 
 def _block_diff_allowed(length, block):
-    """NLD_SPEC 2.6 written out with explicit loops."""
+    """docs/ALGORITHMS.md, "Training objective" written out with explicit loops."""
     allowed = np.zeros((2 * length, 2 * length), bool)
     for q in range(2 * length):
         for k in range(2 * length):
