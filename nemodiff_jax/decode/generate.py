@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import unmask
+from ..model import sharding
 from ..model.forward import Model
 
 MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec")
@@ -172,6 +173,7 @@ def _keys(seed, n: int):
     return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
 
 
+@sharding.under_params_mesh
 def generate(
     model: Model,
     prompts,
@@ -252,6 +254,8 @@ def generate(
         prompt[i, : len(r)] = r
     prompt, prompt_len = jnp.asarray(prompt), jnp.asarray([len(r) for r in rows], jnp.int32)
     key = _keys(seed, len(rows))
+    mesh = sharding.mesh_of(model.params)  # sharded model: rows over "data" (issue 13)
+    prompt, prompt_len, key = (sharding.place_rows(x, mesh) for x in (prompt, prompt_len, key))
     i32, f32 = jnp.int32, jnp.float32
     max_new = i32(max_new_tokens)
     think = i32(-1 if max_thinking_tokens is None else max_thinking_tokens)
@@ -290,7 +294,7 @@ def generate(
             model.params, cfg, prompt, prompt_len, key, max_new, think, end_think,
             f32(policy_params.get("ar_mix_weight", -1.0)), block_length=bl, out_len=out_len, cache_len=cache_len,
         )
-    out = jax.block_until_ready(out)
+    out = jax.block_until_ready(sharding.replicated(out, mesh))
     wall = time.perf_counter() - t0
 
     tokens_np, num, nfe = np.asarray(out.tokens), np.asarray(out.num_tokens), np.asarray(out.nfe)

@@ -35,18 +35,34 @@ def load_tokenizer(directory: Path, cfg: NLDConfig):
     return Tokenizer.from_dir(directory, cfg)
 
 
-def load(path: str | Path = "embedded", *, dtype: str | None = None, attention_impl: str | None = None) -> Model:
-    """Load a model: ``"embedded"``, a directory written by the port script, or an HF NLD directory."""
-    return load_model(path, dtype=dtype, attention_impl=attention_impl)
+def load(
+    path: str | Path = "embedded",
+    *,
+    dtype: str | None = None,
+    attention_impl: str | None = None,
+    mesh=None,
+    fsdp: bool = False,
+) -> Model:
+    """Load a model: ``"embedded"``, a directory written by the port script, or an HF NLD directory.
+
+    ``mesh``: a ``jax.sharding.Mesh`` with axes ``("data", "model")`` (``nd.make_mesh("2x4")``):
+    each weight is read straight into its sharding by the rules of :mod:`nemodiff_jax.model.sharding`
+    (:mod:`.sharded`); ``fsdp`` also splits the weights' hidden dimension over ``"data"``."""
+    return load_model(path, dtype=dtype, attention_impl=attention_impl, mesh=mesh, fsdp=fsdp)
 
 
-def load_model(path, dtype: str | None = None, attention_impl: str | None = None) -> Model:
+def load_model(path, dtype: str | None = None, attention_impl: str | None = None, mesh=None, fsdp: bool = False) -> Model:
 
     directory = resolve(path)
     overrides = {}
     if attention_impl is not None:
         overrides["attention_impl"] = attention_impl
-    if (directory / "params").is_dir():
+    if mesh is not None:  # each tensor read straight into its sharding
+        from .sharded import read_converted_sharded, read_hf_sharded
+
+        reader = read_converted_sharded if (directory / "params").is_dir() else read_hf_sharded
+        cfg, params = reader(directory, mesh, fsdp=fsdp, dtype=dtype, **overrides)
+    elif (directory / "params").is_dir():
         from nemodiff_jax.io.jax_format import read_converted
 
         cfg, params = read_converted(directory, dtype=dtype, **overrides)

@@ -29,7 +29,10 @@ class KVCache:
     def init(cfg: NLDConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
         dtype = jnp.dtype(dtype or cfg.dtype)
         shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
+        from .sharding import CACHE_AXES, constrain  # batch over "data" under a mesh (sharding.py)
+
+        k, v = constrain(jnp.zeros(shape, dtype), CACHE_AXES), constrain(jnp.zeros(shape, dtype), CACHE_AXES)
+        return KVCache(k, v, jnp.zeros((batch,), jnp.int32))
 
     def with_length(self, length) -> "KVCache":
         """Commit or crop: only the index moves."""

@@ -105,6 +105,11 @@ def forward_logits(model: Model, ids, mode: str = "causal", lora: bool = False) 
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
     zero = jnp.zeros((b,), jnp.int32)
     policy = masks.causal(zero, length, b) if mode == "causal" else masks.bidirectional(zero, length, b)
-    logits, _ = forward(model.params, model.config, ids, positions, policy, None, jnp.float32(lora))
+    from .sharding import mesh_of, place_rows, use_mesh
+
+    mesh = mesh_of(model.params)
+    with use_mesh(mesh):  # a sharded model: rows over "data"
+        ids, positions = place_rows(ids, mesh), place_rows(positions, mesh)
+        logits, _ = forward(model.params, model.config, ids, positions, policy, None, jnp.float32(lora))
     return logits
 

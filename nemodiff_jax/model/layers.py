@@ -18,6 +18,7 @@ from .cache import KVCache, write_window
 from .config import NLDConfig
 from .masks import AttentionPolicy
 from .rope import apply_rope, cos_sin, llama4_query_scale
+from .sharding import HIDDEN_AXES, constrain
 
 _init = nn.initializers.normal(stddev=0.02)
 
@@ -118,7 +119,7 @@ class NLDModel(nn.Module):
         c = self.cfg
         dt = jnp.dtype(c.dtype)
         embed = self.param("embed_tokens", _init, (c.vocab_size, c.hidden_size), dt)
-        x = jnp.take(embed, tokens, axis=0)
+        x = constrain(jnp.take(embed, tokens, axis=0), HIDDEN_AXES)  # rows over "data" under a mesh
         cos, sin = cos_sin(c, positions)
         qscale = llama4_query_scale(c, positions)
         layers = nn.scan(
