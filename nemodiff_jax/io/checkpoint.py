@@ -42,13 +42,21 @@ def load(
     attention_impl: str | None = None,
     mesh=None,
     fsdp: bool = False,
+    quantize: str | None = None,
 ) -> Model:
     """Load a model: ``"embedded"``, a directory written by the port script, or an HF NLD directory.
 
     ``mesh``: a ``jax.sharding.Mesh`` with axes ``("data", "model")`` (``nd.make_mesh("2x4")``):
     each weight is read straight into its sharding by the rules of :mod:`nemodiff_jax.model.sharding`
-    (:mod:`.sharded`); ``fsdp`` also splits the weights' hidden dimension over ``"data"``."""
-    return load_model(path, dtype=dtype, attention_impl=attention_impl, mesh=mesh, fsdp=fsdp)
+    (:mod:`.sharded`); ``fsdp`` also splits the weights' hidden dimension over ``"data"``.
+    ``quantize="int8"``: the linear kernels in int8 with per-output-channel scales
+    (:mod:`nemodiff_jax.model.quantize`), quantized leaf by leaf after reading."""
+    model = load_model(path, dtype=dtype, attention_impl=attention_impl, mesh=mesh, fsdp=fsdp)
+    if quantize is not None:
+        from ..model.quantize import quantize_model
+
+        model = quantize_model(model, quantize, fsdp=fsdp)
+    return model
 
 
 def load_model(path, dtype: str | None = None, attention_impl: str | None = None, mesh=None, fsdp: bool = False) -> Model:

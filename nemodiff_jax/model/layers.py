@@ -18,6 +18,7 @@ from .cache import KVCache, write_window
 from .config import NLDConfig
 from .masks import AttentionPolicy
 from .rope import apply_rope, cos_sin, llama4_query_scale
+from .quantize import dequant
 from .sharding import HIDDEN_AXES, constrain
 
 _init = nn.initializers.normal(stddev=0.02)
@@ -45,10 +46,11 @@ class Attention(nn.Module):
         c = self.cfg
         dt = jnp.dtype(c.dtype)
         h, nq, nk, d = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
-        wq = self.param("q_proj", _init, (h, nq, d), dt)
-        wk = self.param("k_proj", _init, (h, nk, d), dt)
-        wv = self.param("v_proj", _init, (h, nk, d), dt)
-        wo = self.param("o_proj", _init, (nq, d, h), dt)
+        # dequant: int8 kernels (quantize.py) back in the compute dtype; plain arrays pass through
+        wq = dequant(self.param("q_proj", _init, (h, nq, d), dt), dt)
+        wk = dequant(self.param("k_proj", _init, (h, nk, d), dt), dt)
+        wv = dequant(self.param("v_proj", _init, (h, nk, d), dt), dt)
+        wo = dequant(self.param("o_proj", _init, (nq, d, h), dt), dt)
         q = jnp.einsum("bqh,hnd->bqnd", x, wq)
         k = jnp.einsum("bqh,hnd->bqnd", x, wk)
         v = jnp.einsum("bqh,hnd->bqnd", x, wv)
@@ -81,9 +83,9 @@ class MLP(nn.Module):
     def __call__(self, x):
         c = self.cfg
         dt = jnp.dtype(c.dtype)
-        gate = self.param("gate_proj", _init, (c.hidden_size, c.intermediate_size), dt)
-        up = self.param("up_proj", _init, (c.hidden_size, c.intermediate_size), dt)
-        down = self.param("down_proj", _init, (c.intermediate_size, c.hidden_size), dt)
+        gate = dequant(self.param("gate_proj", _init, (c.hidden_size, c.intermediate_size), dt), dt)
+        up = dequant(self.param("up_proj", _init, (c.hidden_size, c.intermediate_size), dt), dt)
+        down = dequant(self.param("down_proj", _init, (c.intermediate_size, c.hidden_size), dt), dt)
         return (jax.nn.silu(x @ gate) * (x @ up)) @ down
 
 
@@ -132,7 +134,7 @@ class NLDModel(nn.Module):
         layer_kv = None if cache is None else (cache.k, cache.v)
         x, new_kv = layers(x, layer_kv, cos, sin, qscale, policy, lora)
         x = RMSNorm(c.rms_norm_eps, dt, name="norm")(x)
-        head = self.param("diffusion_head", _init, (c.hidden_size, c.vocab_size), dt)
+        head = dequant(self.param("diffusion_head", _init, (c.hidden_size, c.vocab_size), dt), dt)
         logits = jnp.einsum("bqh,hv->bqv", x, head, preferred_element_type=jnp.float32)
         new_cache = None if cache is None else cache.replace(k=new_kv[0], v=new_kv[1])
         return logits, new_cache

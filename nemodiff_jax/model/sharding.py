@@ -104,12 +104,11 @@ def spec_for(shape, logical, axis_sizes: dict[str, int], rules: dict[str, str | 
 
 def leaf_axes(name: str, ndim: int) -> tuple[str | None, ...]:
     """Logical axes of the parameter leaf ``name`` (dotted path) with ``ndim`` dimensions."""
+    # int8 kernels (quantize.py): the values and their keepdims scales follow the kernel's rule
     base = name.removesuffix(".qvalue").removesuffix(".scale_q")
     if base not in PARAM_AXES:
         raise KeyError(f"no sharding rule for parameter {name!r}")
     axes = PARAM_AXES[base]
-    if name.endswith(".scale_q"):  # int8 per-output-channel scales: the kernel's output axes
-        axes = axes[len(axes) - (ndim - (1 if base.startswith("layers.") else 0)):]
     if base.startswith("layers."):
         axes = (None, *axes)
     if len(axes) != ndim:
