@@ -4,4 +4,4 @@
 :func:`export.export_hf` and :func:`jax_format.read_converted` are the library entry points.
 """
 
-from .keymap import CheckpointError, ParamSpec, assemble_params, hf_param_specs, iter_hf_tensors  # noqa: F401
+from nemodiff_jax.io.keymap import CheckpointError, ParamSpec, assemble_params, hf_param_specs, iter_hf_tensors  # noqa: F401

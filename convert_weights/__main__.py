@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, say, progress)
     except Exception as e:  # every failure ends as one line and a non-zero exit
-        from .keymap import CheckpointError
+        from nemodiff_jax.io.keymap import CheckpointError
 
         msg = e.one_line() if isinstance(e, CheckpointError) else " ".join(str(e).split()) or type(e).__name__
         print(f"error: {msg}", file=sys.stderr)

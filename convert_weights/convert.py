@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model.config import NLDConfig
 
-from .hf_read import HFCheckpoint, open_hf, read_config
-from .jax_format import LORA_DIR, PARAMS_DIR
-from .keymap import CheckpointError, ParamSpec
-from .lora import Adapter, open_adapter
+from nemodiff_jax.io.hf_read import HFCheckpoint, open_hf, read_config
+from nemodiff_jax.io.jax_format import LORA_DIR, PARAMS_DIR
+from nemodiff_jax.io.keymap import CheckpointError, ParamSpec
+from nemodiff_jax.io.adapter import Adapter, open_adapter
 from .orbax_stream import streamed_leaves, write_tree
 from .progress import Progress
 

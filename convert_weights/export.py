@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model.config import NLDConfig
 
 from .convert import MANIFEST, check_out, converted_config_dict, copy_side_files, staging, write_json
-from .hf_read import read_config
-from .jax_format import LORA_DIR, PARAMS_DIR, LeafReader, check_stored, stored_leaves
-from .keymap import CheckpointError, ParamSpec, get_path, hf_param_specs
-from .lora import ADAPTER_SUBDIR, write_adapter
-from .orbax_stream import np_dtype
+from nemodiff_jax.io.hf_read import read_config
+from nemodiff_jax.io.jax_format import LORA_DIR, PARAMS_DIR, LeafReader, check_stored, stored_leaves
+from nemodiff_jax.io.keymap import CheckpointError, ParamSpec, get_path, hf_param_specs
+from nemodiff_jax.io.adapter import ADAPTER_SUBDIR
+from .lora import write_adapter
+from nemodiff_jax.io.jax_format import np_dtype
 from .progress import Progress
 from .safetensors_stream import Entry, parse_size, write_sharded
 

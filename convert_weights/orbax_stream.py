@@ -16,17 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model.config import NLDConfig
 
-from .keymap import ParamSpec, leaf_shape, leaves
+from nemodiff_jax.io.jax_format import np_dtype
+from nemodiff_jax.io.keymap import ParamSpec, leaf_shape, leaves
 
 _MIN_CHUNK, _MAX_CHUNK = 1 << 20, 64 << 20
 
-
-def np_dtype(name: str) -> np.dtype:
-    import ml_dtypes
-
-    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

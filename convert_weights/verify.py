@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .hf_read import open_hf
-from .lora import Adapter
+from nemodiff_jax.io.hf_read import open_hf
+from nemodiff_jax.io.adapter import Adapter
 
 # max |ours - torch| / max(1, max |torch|); fp32 differs by summation order only.
 BARS = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 5e-2}
@@ -123,7 +123,7 @@ def compare(
     Raises VerifyError above the bar."""
     import nemodiff_jax as nd
 
-    from .hf_read import read_config
+    from nemodiff_jax.io.hf_read import read_config
 
     hf_dir, jax_dir = Path(hf_dir), Path(jax_dir)
     cfg, _ = read_config(jax_dir, **({"dtype": dtype} if dtype else {}))
@@ -160,9 +160,9 @@ def _first_layers(jax_dir: Path, cfg, depth: int):
     """The converted model cut to its first ``depth`` layers, reading only those slices."""
     from nemodiff_jax import Model
 
-    from .jax_format import LeafReader, to_device
-    from .keymap import assemble_params, hf_param_specs
-    from .orbax_stream import np_dtype
+    from nemodiff_jax.io.jax_format import LeafReader, to_device
+    from nemodiff_jax.io.keymap import assemble_params, hf_param_specs
+    from nemodiff_jax.io.jax_format import np_dtype
 
     cut = cfg.replace(num_layers=depth)
     reader = LeafReader(jax_dir)
@@ -173,7 +173,7 @@ def _first_layers(jax_dir: Path, cfg, depth: int):
 
 def _adapter_dir(hf_dir: Path, jax_dir: Path) -> Path:
     """The adapter the HF side should use: the bundled one, else the one the manifest names."""
-    from .lora import find_adapter
+    from nemodiff_jax.io.adapter import find_adapter
 
     found = find_adapter(hf_dir)
     if found is not None:

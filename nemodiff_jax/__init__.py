@@ -1,8 +1,7 @@
 """nemodiff-jax: Nemotron-Labs-Diffusion tri-mode language models in pure-functional JAX/Flax.
 
-Names are imported lazily, except ``generate``: a submodule of the same name exists, and the
-import system would rebind ``nemodiff_jax.generate`` to that module on its first import, so
-the function is bound eagerly, right after the module loads.
+Every public name is imported lazily from the room that owns it (``model/``, ``decode/``,
+``io/``), so ``import nemodiff_jax`` and ``nemodiff --help`` load no JAX.
 """
 
 from __future__ import annotations
@@ -13,21 +12,21 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Model": "api",
-    "load": "api",
-    "forward": "api",
-    "forward_logits": "api",
-    "init_params": "api",
-    "abstract_params": "api",
-    "count_params": "api",
-    "KVCache": "cache",
-    "NLDConfig": "config",
-    "AttentionPolicy": "masks",
+    "Model": "model.forward",
+    "forward": "model.forward",
+    "forward_logits": "model.forward",
+    "init_params": "model.forward",
+    "abstract_params": "model.forward",
+    "count_params": "model.forward",
+    "KVCache": "model.cache",
+    "NLDConfig": "model.config",
+    "AttentionPolicy": "model.masks",
+    "generate": "decode.generate",
+    "GenerateResult": "decode.generate",
+    "load": "io.checkpoint",
 }
 
-__all__ = sorted([*_EXPORTS, "generate", "GenerateResult"])
-
-from .generate import GenerateResult, generate  # noqa: E402,F401  (see the docstring)
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
@@ -43,7 +42,9 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import Model, abstract_params, count_params, forward, forward_logits, init_params, load  # noqa: F401
-    from .cache import KVCache  # noqa: F401
-    from .config import NLDConfig  # noqa: F401
-    from .masks import AttentionPolicy  # noqa: F401
+    from .decode.generate import GenerateResult, generate  # noqa: F401
+    from .io.checkpoint import load  # noqa: F401
+    from .model.cache import KVCache  # noqa: F401
+    from .model.config import NLDConfig  # noqa: F401
+    from .model.forward import Model, abstract_params, count_params, forward, forward_logits, init_params  # noqa: F401
+    from .model.masks import AttentionPolicy  # noqa: F401

@@ -34,7 +34,7 @@ from nemodiff_jax.eval.canvas import figure_size, plot_canvas
 from nemodiff_jax.eval.codec import Codec
 from nemodiff_jax.eval.datasets import synthetic
 from nemodiff_jax.eval.models import embedded_or_random
-from nemodiff_jax.generate import MODES, generate
+from nemodiff_jax.decode.generate import MODES, generate
 
 SMALL = os.environ.get("NEMODIFF_NB_SMALL") == "1"  # CI: fewer tokens
 OUT = os.environ.get("NEMODIFF_NB_OUT")
@@ -65,7 +65,7 @@ MAX_NEW = max(2 * BLOCK, 32 if SMALL else 64)
 
 # %% [markdown]
 # ## Every mode on the same prompts
-# NFE is counted as NLD_SPEC section 3 counts it per mode (see `nemodiff_jax.generate`).
+# NFE is counted as NLD_SPEC section 3 counts it per mode (see `nemodiff_jax.decode.generate`).
 
 # %%
 results = {}

@@ -39,7 +39,7 @@ from nemodiff_jax.eval.datasets import synthetic
 from nemodiff_jax.eval.models import embedded_or_random
 from nemodiff_jax.eval.oracle import sol_oracle
 from nemodiff_jax.eval.oracle_report import oracle_report
-from nemodiff_jax.generate import generate
+from nemodiff_jax.decode.generate import generate
 
 SMALL = os.environ.get("NEMODIFF_NB_SMALL") == "1"
 OUT = os.environ.get("NEMODIFF_NB_OUT")

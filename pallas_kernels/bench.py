@@ -1,4 +1,5 @@
-"""Time ``block_attention`` against ``xla_attention`` on whatever device is present.
+"""Time ``block_attention`` against the dense XLA path (:func:`block_attention.reference`, the
+same computation as the model's ``xla_attention``) on whatever device is present.
 
 On a GPU the defaults are the 8B geometry (32 q / 8 kv heads, head_dim 128, bf16) at block
 32, contexts 4k and 32k, batch 1 and 16, next to the H100 roofline. On CPU the kernel runs
@@ -18,9 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nemodiff_jax import masks
-from nemodiff_jax.attention import xla_attention
-from pallas_kernels.block_attention import TileConfig, block_attention, make_plan
+from nemodiff_jax.model import masks
+from pallas_kernels.block_attention import TileConfig, block_attention, make_plan, reference
 from pallas_kernels.roofline import window_cost
 
 
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     dtype = jnp.dtype(args.dtype)
     config = TileConfig(block_q=args.block_q, block_k=args.block_k, num_splits=args.num_splits)
     scale = args.head_dim**-0.5
-    xla = jax.jit(xla_attention, static_argnames=("sm_scale",))
+    xla = jax.jit(reference, static_argnames=("sm_scale",))
     kernel = jax.jit(lambda q, k, v, p: block_attention(q, k, v, p, sm_scale=scale, config=config))
     rng = np.random.default_rng(0)
 

@@ -2,8 +2,8 @@
 
 One kernel serves every NLD mode: AR steps (Q=1), diffusion blocks, prompt chunks, the
 quadratic B x (B+1) layout and the training ``[x_t | x_0]`` sequence. Visibility comes from
-:func:`nemodiff_jax.masks.visibility`, the same predicate ``xla_attention`` builds its dense
-mask from, so the two paths cannot drift.
+:func:`nemodiff_jax.model.masks.visibility`, the same predicate the model's ``xla_attention`` and this
+module's own :func:`reference` build their dense mask from, so the paths cannot drift.
 
 How it works (docs/KERNELS.md has the long version):
 
@@ -25,7 +25,10 @@ How it works (docs/KERNELS.md has the long version):
   result sliced; padded keys are masked, padded query rows dropped.
 
 Fully masked query rows (only possible with ``prefix_len == 0`` and ``window_len == 0``)
-come out as zeros here, whereas ``xla_attention`` returns the mean of all V there.
+come out as zeros, here, in :func:`reference` and in ``xla_attention`` alike.
+
+The kernel imports nothing from the model but the policy (:mod:`nemodiff_jax.model.masks`): its
+backward goes through :func:`reference`, its own dense jnp attention.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltr
 
-from nemodiff_jax.attention import xla_attention
-from nemodiff_jax.masks import AttentionPolicy, RowPolicy, visibility
+from nemodiff_jax.model.masks import AttentionPolicy, RowPolicy, visibility
+from pallas_kernels.reference import reference
 
 # Finite, so that exp(MASKED - MASKED) is 1 rather than NaN on rows that have seen no key yet.
 MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -288,9 +291,9 @@ def block_attention(
     """Attention of window queries ``q [B, Hq, Q, D]`` over the cache ``k, v [B, Hkv, T, D]``.
 
     The window's own K/V must already sit at slots ``[prefix_len, prefix_len + Q)``.
-    Returns ``[B, Hq, Q, D]`` in ``q.dtype``; equals ``xla_attention`` (fp32 softmax).
+    Returns ``[B, Hq, Q, D]`` in ``q.dtype``; equals :func:`reference` (fp32 softmax).
     ``interpret=None`` runs the Pallas interpreter unless the default backend is a GPU.
-    Differentiable: the backward pass is ``xla_attention``'s (dense, recomputed), so
+    Differentiable: the backward pass is :func:`reference`'s (dense, recomputed), so
     training can use the kernel's forward.
     """
     if interpret is None:
@@ -317,7 +320,7 @@ def _attention_fwd(q, k, v, prefix_len, bidir_start, window_len, layout, block, 
 def _attention_bwd(layout, block, sm_scale, config, interpret, residuals, d_out):
     q, k, v, prefix_len, bidir_start, window_len = residuals
     policy = AttentionPolicy(prefix_len, bidir_start, window_len, layout, block)
-    _, vjp = jax.vjp(lambda q_, k_, v_: xla_attention(q_, k_, v_, policy, sm_scale), q, k, v)
+    _, vjp = jax.vjp(lambda q_, k_, v_: reference(q_, k_, v_, policy, sm_scale=sm_scale), q, k, v)
     return (*vjp(d_out), None, None, None)  # integer policy fields: no cotangent
 
 
@@ -381,8 +384,3 @@ def _forward(q, k, v, policy: AttentionPolicy, sm_scale: float, config: TileConf
 
     out = out[:, :, : nq * g, :d].reshape(b, hkv, nq, g, d).transpose(0, 1, 3, 2, 4)
     return out.reshape(b, hq, nq, d)
-
-
-def reference(q, k, v, policy: AttentionPolicy, *, sm_scale: float):
-    """The pure-jnp reference: the dense-mask XLA path the model uses by default."""
-    return xla_attention(q, k, v, policy, sm_scale)

@@ -121,10 +121,10 @@ def policy_cost(
     device: Device = H100,
 ) -> Cost:
     """Ideal cost of any policy (quadratic, block_diff, ...): visible pairs counted exactly
-    from :func:`nemodiff_jax.masks.build_mask`; K/V bytes up to the last visible key."""
+    from :func:`nemodiff_jax.model.masks.build_mask`; K/V bytes up to the last visible key."""
     import numpy as np
 
-    from nemodiff_jax.masks import build_mask
+    from nemodiff_jax.model.masks import build_mask
 
     mask = np.asarray(build_mask(policy, num_queries, cache_len))  # [B, Q, T]
     batch = mask.shape[0]
@@ -168,7 +168,7 @@ def markdown_table(
 
 def other_layouts_table(layers: int = NLD_8B["layers"], device: Device = H100) -> str:
     """Ideal roofline of the quadratic and training layouts and a causal prefill (batch 1)."""
-    from nemodiff_jax import masks
+    from nemodiff_jax.model import masks
 
     one = lambda x: jnp.asarray([x], jnp.int32)  # noqa: E731
     cases = [

@@ -24,10 +24,11 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Int
 
-from .. import masks, sampling
-from ..api import forward
-from ..cache import KVCache
-from ..config import NLDConfig
+from ..model import masks
+from . import sampling
+from ..model.forward import forward
+from ..model.cache import KVCache
+from ..model.config import NLDConfig
 from .common import DecodeOutput, positions_from, prefill
 
 

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Float, Int
 
-from .. import masks
-from ..api import final_logits, forward, forward_hidden
-from ..cache import KVCache
-from ..config import NLDConfig
+from ..model import masks
+from ..model.cache import KVCache
+from ..model.config import NLDConfig
+from ..model.forward import final_logits, forward, forward_hidden
 
 
 @struct.dataclass
@@ -94,7 +94,7 @@ def prefill(
     """
     b, p = prompt.shape
     if chunk is None:
-        chunk = auto_chunk(cfg, b, cache.max_len)
+        chunk = auto_chunk(cfg, b, cache.k.shape[3])
     c, n = chunk_starts(p, chunk)
     last = jnp.asarray(prompt_len, jnp.int32) - 1
 

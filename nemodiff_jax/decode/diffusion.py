@@ -9,7 +9,7 @@ the static ``block_length`` start at each row's prompt end. For each block:
    with no mask to its left: one bidirectional peek forward over ``cache[:length] ++ block``
    (cache length untouched); candidates = greedy (mask excluded) at T = 0 else a sample at
    T (Gumbel-max; top-k / top-p too); confidence = raw softmax at the candidate; the unmask
-   policy (:mod:`nemodiff_jax.unmask`) picks which masked positions to commit; committed
+   policy (:mod:`nemodiff_jax.decode.unmask`) picks which masked positions to commit; committed
    tokens are final;
 3. one causal commit forward over the finished block writes its K/V, advances the cache
    length by ``block_length`` and gives the next seed from its last logits.
@@ -38,10 +38,11 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Bool, Int
 
-from .. import masks, sampling, unmask
-from ..api import forward
-from ..cache import KVCache
-from ..config import NLDConfig
+from ..model import masks
+from . import sampling, unmask
+from ..model.forward import forward
+from ..model.cache import KVCache
+from ..model.config import NLDConfig
 from .common import DecodeOutput, positions_from, prefill
 
 
@@ -105,7 +106,7 @@ def diffusion_decode(
 
     ``out_len`` must be a multiple of ``block_length``; ``max_new_tokens`` (traced) is
     rounded down to a block multiple (callers validate it). ``policy`` names an
-    :mod:`~nemodiff_jax.unmask` policy: ``threshold`` uses the traced ``threshold``, the
+    :mod:`~nemodiff_jax.decode.unmask` policy: ``threshold`` uses the traced ``threshold``, the
     ranking policies the NLD_SPEC 3.2 quota schedule, ``eb`` the traced ``gamma``. ``lora``
     (traced, 0 or 1) scales the draft LoRA in the bidirectional denoise passes only; the
     prefill and commit passes are plain causal passes of the base model.

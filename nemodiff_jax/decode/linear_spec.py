@@ -48,10 +48,11 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
-from .. import masks, sampling
-from ..api import forward
-from ..cache import KVCache
-from ..config import NLDConfig
+from ..model import masks
+from . import sampling
+from ..model.forward import forward
+from ..model.cache import KVCache
+from ..model.config import NLDConfig
 from .common import DecodeOutput, positions_from, prefill
 
 ACCEPTANCE = ("speculative", "match")
@@ -230,7 +231,7 @@ def _passes(params, cfg, st: LinearState, kn: Knobs, key, bk: int):
         is_mask = block == m
         rows = live & jnp.any(is_mask, axis=1)
         verify = ~jnp.any(rows)  # every live row has a full block
-        policy = masks.mixed(length, jnp.where(verify, bk, 0), bk, bk, b)
+        policy = masks.mixed(length, jnp.where(verify, bk, 0), bk, b)
         logits, cache = forward(params, cfg, block, pos, policy, cache, jnp.where(verify, 0.0, kn.lora))
         dist = sampling.probs(logits, kn.temperature, kn.top_k, kn.top_p, m)
         tok = sample(dist, gumbel(sampling.fold_rows(key, i), dist.shape[1:]))

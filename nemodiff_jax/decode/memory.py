@@ -19,8 +19,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from ..api import abstract_params
-from ..config import NLDConfig
+from ..model.forward import abstract_params
+from ..model.config import NLDConfig
 
 GIB = 2**30
 SLACK_GIB = 4.0
@@ -33,7 +33,7 @@ def kv_cache_bytes(cfg: NLDConfig, batch: int, cache_len: int, dtype) -> int:
 
 def decode_shapes(mode: str, prompt: int, new: int, block_length: int) -> dict:
     """The static shapes ``generate`` compiles for these lengths."""
-    from ..generate import _cache_needed, out_bucket, prompt_bucket
+    from .generate import _cache_needed, out_bucket, prompt_bucket
 
     bl = 1 if mode == "ar" else block_length
     width = prompt_bucket(prompt)

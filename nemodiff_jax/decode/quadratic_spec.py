@@ -40,10 +40,11 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
-from .. import masks, sampling
-from ..api import forward
-from ..cache import KVCache
-from ..config import NLDConfig
+from ..model import masks
+from . import sampling
+from ..model.forward import forward
+from ..model.cache import KVCache
+from ..model.config import NLDConfig
 from .common import DecodeOutput, prefill_with_window
 from .linear_spec import finish, first_index, position_stats, write_span
 

@@ -27,7 +27,7 @@ def peak_rss_gib() -> float:
 
 
 def rss_config(vocab: int = 131072, hidden: int = 128, layers: int = 2):
-    from ..config import NLDConfig
+    from ..model.config import NLDConfig
 
     return NLDConfig.preset("tiny").replace(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_layers=layers,

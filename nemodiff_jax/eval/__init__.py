@@ -18,7 +18,7 @@ _EXPORTS = {
     "run_sweep": "sweep",
     "SweepGrid": "sweep",
     "SweepResult": "sweep",
-    "pareto_front": "sweep",
+    "pareto_front": "report",
     "sol_oracle": "oracle",
     "oracle_report": "oracle_report",
     "load_tasks": "datasets",

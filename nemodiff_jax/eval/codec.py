@@ -17,7 +17,7 @@ class Codec:
     """Encode prompts with a leading BOS; decode generations with :data:`EOS` appended on stop."""
 
     def __init__(self, tokenizer, bos_id: int, eos_id: int, special_ids: Iterable[int] = ()):
-        # nemodiff_jax.tokenizer.Tokenizer wraps a `tokenizers.Tokenizer` as `.hf`.
+        # nemodiff_jax.io.tokenizer.Tokenizer wraps a `tokenizers.Tokenizer` as `.hf`.
         self.tok = getattr(tokenizer, "hf", tokenizer)
         self.bos_id, self.eos_id = bos_id, eos_id
         self.special = set(special_ids)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from ..api import Model, abstract_params, load
-from ..config import NLDConfig
+from ..io.checkpoint import load
+from ..model.forward import Model, abstract_params
+from ..model.config import NLDConfig
 
 
 def random_model(preset: str = "tiny", seed: int = 0, head_scale: float = 30.0, **overrides) -> Model:

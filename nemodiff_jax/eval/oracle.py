@@ -44,10 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from .. import masks, sampling
-from ..api import forward
-from ..cache import KVCache
-from ..config import NLDConfig
+from ..model import masks
+from ..decode import sampling
+from ..model.forward import forward
+from ..model.cache import KVCache
+from ..model.config import NLDConfig
 from ..decode.common import pad_prompts, positions_from, prefill
 
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from ..generate import generate
+from ..decode.generate import generate
 from . import scorers
 from .codec import Codec
 from .datasets import Example, load_tasks

@@ -25,7 +25,7 @@ def plot_sweep(rows: Sequence[dict], out_stem, title: str | None = None, y: str 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from .sweep import pareto_front
+    from .report import pareto_front
 
     if y == "auto":
         y = "accuracy" if any(r["accuracy"] for r in rows) or not all(r.get("similarity") is not None for r in rows) \

@@ -82,3 +82,14 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
     line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """Which (accuracy, tpf) points no other point weakly beats on both with one strict win."""
+    flags = []
+    for i, (a, t) in enumerate(points):
+        dominated = any(
+            (a2 >= a and t2 >= t and (a2 > a or t2 > t)) for j, (a2, t2) in enumerate(points) if j != i
+        )
+        flags.append(not dominated)
+    return flags

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..generate import MODES, generate, prompt_bucket
+from ..decode.generate import MODES, generate, prompt_bucket
 from . import scorers
 from .codec import Codec
 from .compiles import CompileCounter

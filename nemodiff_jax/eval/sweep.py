@@ -22,12 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..generate import out_bucket, prompt_bucket
+from ..decode.generate import out_bucket, prompt_bucket
 from . import scorers
 from .codec import Codec
 from .compiles import CompileCounter
 from .datasets import Example, load_tasks
 from .progress import progress_bar
+from .report import pareto_front
 from .runner import aggregate, evaluate
 
 THRESHOLD_POLICIES = ("threshold",)
@@ -100,17 +101,6 @@ ROW_FIELDS = (
     "n", "accuracy", "similarity", "tpf", "nfe_mean", "tokens_mean", "tpf_row_mean", "acceptance_length",
     "tokens_per_s", "wall_time", "compiles", "fused", "pareto",
 )
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
-    """Which (accuracy, tpf) points no other point weakly beats on both with one strict win."""
-    flags = []
-    for i, (a, t) in enumerate(points):
-        dominated = any(
-            (a2 >= a and t2 >= t and (a2 > a or t2 > t)) for j, (a2, t2) in enumerate(points) if j != i
-        )
-        flags.append(not dominated)
-    return flags
 
 
 def _diffusion_rows(model, rows: list[list[int]], *, policy, block_length, max_new_tokens, temperature, lora,

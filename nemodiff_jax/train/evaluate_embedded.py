@@ -5,7 +5,7 @@
 Prompts are ``<bos> prompt`` from ``build_task_dataset("test", n)``; an answer is right iff the
 generated ids, cut after the first ``<eos>``, equal the reference answer's ids (EOS included),
 i.e. ``tasks.exact_match``. TPF = generated tokens / forward passes, summed over prompts, with
-the NFE conventions of :mod:`nemodiff_jax.generate`. Speculative rows also report whether
+the NFE conventions of :mod:`nemodiff_jax.decode.generate`. Speculative rows also report whether
 the output is identical to AR's and the mean acceptance length per cycle.
 """
 
@@ -45,7 +45,7 @@ def evaluate(model, examples, modes, max_new_tokens: int = 64, batch: int = 40, 
     table = {**DEFAULT_SETTINGS, **(settings or {})}
     from nemodiff_jax.data.batches import prompt_ids
     from nemodiff_jax.data.tokenizer_train import EOS_ID
-    from nemodiff_jax.generate import generate
+    from nemodiff_jax.decode.generate import generate
 
     tok = _hf_tokenizer(model)
     prompts = [prompt_ids(tok, p) for p, _, _ in examples]

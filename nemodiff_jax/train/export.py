@@ -1,7 +1,7 @@
 """Write trained parameters as an HF NLD directory (what ``nemodiff_jax.load(dir)`` reads).
 
 Layout: ``config.json`` (:meth:`NLDConfig.to_hf_dict`), ``model.safetensors`` with the
-canonical HF names and ``[out, in]`` matrices (:mod:`convert_weights.keymap`), the draft LoRA
+canonical HF names and ``[out, in]`` matrices (:mod:`nemodiff_jax.io.keymap`), the draft LoRA
 as a PEFT adapter in ``linear_spec_lora/``, and the tokenizer files, so the directory is
 self-contained and ``nemodiff_jax.load(dir)`` reads it.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ..config import NLDConfig
+from ..model.config import NLDConfig
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -38,7 +38,7 @@ def export_hf(
     checkpoints, via :func:`convert_weights.export.export_model`) and the tokenizer files."""
     from convert_weights.export import export_model
 
-    from ..api import Model
+    from ..model.forward import Model
 
     out = Path(out_dir)
     params = jax.tree.map(np.asarray, params)
@@ -57,7 +57,7 @@ def restore_run_params(run_dir: str | Path, step: int | None = None):
 
     from .loop import _state_template, checkpoint_manager, config_from_dict
     from .optim import make_optimizer
-    from ..api import init_params
+    from ..model.forward import init_params
 
     raw = json.loads((Path(run_dir) / "train_config.json").read_text())
     raw["out_dir"] = str(run_dir)

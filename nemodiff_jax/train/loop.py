@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..api import count_params, init_params
-from ..config import NLDConfig
+from ..model.forward import count_params, init_params
+from ..model.config import NLDConfig
 from .data import BatchSource, DataConfig, prefetch
 from .objective import ObjectiveConfig, joint_loss
 from .optim import OptimConfig, lr_schedule, make_optimizer
@@ -57,7 +57,7 @@ def _state_template(tc: TrainConfig, params, opt):
 def initial_state(tc: TrainConfig, opt) -> dict:
     """Fresh state: random init, or the parameters of ``init_from`` (fine-tuning)."""
     if tc.init_from:
-        from ..api import load
+        from ..io.checkpoint import load
 
         m = load(tc.init_from, dtype=tc.model.dtype)
         params = m.params
@@ -220,7 +220,7 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
 
 
 def _resolve_dir(path: str) -> Path:
-    from ..checkpoint import resolve
+    from ..io.checkpoint import resolve
 
     return resolve(path)
 

@@ -28,9 +28,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .. import masks
-from ..api import forward
-from ..config import NLDConfig
+from ..model import masks
+from ..model.forward import forward
+from ..model.config import NLDConfig
 from .objective import token_ce
 
 LORA_KEYS = ("lora_a", "lora_b")
@@ -110,7 +110,7 @@ def draft_loss(
     in_block = (idx > s) & (idx < s + block)
     tokens = jnp.where(in_block, cfg.mask_token_id, ids)
     pos = jnp.broadcast_to(idx, (b, length))
-    policy = masks.mixed(jnp.zeros((b,), jnp.int32), starts, jnp.minimum(starts + block, length), length, b)
+    policy = masks.mixed(jnp.zeros((b,), jnp.int32), starts, jnp.minimum(starts + block, length), b)
     gate = (idx >= s).astype(jnp.float32)[..., None]  # LoRA on for the draft block only
     logits, _ = forward(merge_lora(base, lora), cfg, tokens, pos, policy, None, gate)
     target = jnp.concatenate([verify[:, :1], verify[:, :-1]], axis=1)  # target[j] = verifier argmax at j-1
@@ -171,8 +171,8 @@ def train_draft_lora(cfg: NLDConfig, params, lc: LoraConfig, source, log_path: s
 def run_from_dict(raw: dict[str, Any]):
     """CLI entry: ``{"init_from": DIR, "lora": {...LoraConfig}, "lora_rank", "lora_alpha", "data": {...},
     "out_dir"}`` -> (cfg, params, tokenizer_dir)."""
-    from ..api import load
-    from ..checkpoint import resolve
+    from ..io.checkpoint import load
+    from ..io.checkpoint import resolve
     from .data import BatchSource, DataConfig
 
     src_dir = resolve(raw["init_from"])

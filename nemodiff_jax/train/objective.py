@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from .. import masks
-from ..api import forward
-from ..config import NLDConfig
+from ..model import masks
+from ..model.forward import forward
+from ..model.config import NLDConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 import nemodiff_jax as nd
 from convert_weights.__main__ import main
 from convert_weights.convert import convert_hf
-from convert_weights.keymap import CheckpointError
-from convert_weights.sources import TensorSource
+from nemodiff_jax.io.keymap import CheckpointError
+from nemodiff_jax.io.sources import TensorSource
 
 from .helpers import make_lora, save_checkpoint
 

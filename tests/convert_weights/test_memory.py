@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convert_weights.keymap import hf_param_specs
+from nemodiff_jax.io.keymap import hf_param_specs
 from convert_weights.safetensors_stream import Entry, write_sharded
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model.config import NLDConfig
 
 from .helpers import save_checkpoint
 

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 import nemodiff_jax as nd
 from convert_weights.convert import convert_hf
 from convert_weights.export import export_hf, export_model
-from convert_weights.jax_format import read_converted
-from convert_weights.keymap import get_path, hf_param_specs
+from nemodiff_jax.io.jax_format import read_converted
+from nemodiff_jax.io.keymap import get_path, hf_param_specs
 
 from .helpers import bits, save_checkpoint, torch_state
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from convert_weights.__main__ import main
 from convert_weights.convert import convert_hf
-from convert_weights.keymap import transpose
+from nemodiff_jax.io.keymap import transpose
 from convert_weights.verify import VerifyError, compare
 
 from .helpers import make_lora, save_checkpoint

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nemodiff_jax import masks
-from nemodiff_jax.attention import attend, xla_attention
-from nemodiff_jax.masks import AttentionPolicy, RowPolicy
+from nemodiff_jax.model import masks
+from nemodiff_jax.model.attention import attend, xla_attention
+from nemodiff_jax.model.masks import AttentionPolicy, RowPolicy
 from pallas_kernels.block_attention import TileConfig, block_attention, make_plan, tile_segments
 
 TRACES: collections.Counter = collections.Counter()
@@ -148,7 +148,7 @@ def test_window_layouts(dtype):
     pols = window_policies(rng, 3, 12, 40)
     pols.append(masks.causal(jnp.array([0, 7, 28]), 12))
     pols.append(masks.bidirectional(jnp.array([0, 16, 28]), 12))
-    pols.append(masks.mixed(jnp.array([3, 9, 20]), jnp.array([4, 0, 11]), jnp.array([12, 5, 11]), 12))
+    pols.append(masks.mixed(jnp.array([3, 9, 20]), jnp.array([4, 0, 11]), jnp.array([12, 5, 11])))
     check_sweep(shape, dtype, pols)
 
 
@@ -283,7 +283,7 @@ def _lowering_id(case):
 def _policy_for(layout, nq, b):
     zeros = jnp.zeros((b,), jnp.int32)
     if layout == "window":
-        return masks.mixed(zeros, zeros, jnp.full((b,), nq, jnp.int32), nq)
+        return masks.mixed(zeros, zeros, jnp.full((b,), nq, jnp.int32))
     if layout == "quadratic":
         return masks.quadratic(zeros, int(nq**0.5))
     return masks.block_diff(nq // 2, 32, b)

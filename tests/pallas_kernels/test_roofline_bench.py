@@ -39,7 +39,7 @@ def test_bench_main_runs(capsys):
 def test_policy_cost_counts_visible_pairs():
     import jax.numpy as jnp
 
-    from nemodiff_jax import masks
+    from nemodiff_jax.model import masks
 
     # Causal window of 4 after 2 cached keys: 4 * 2 prefix pairs + 1 + 2 + 3 + 4 window pairs.
     c = roofline.policy_cost(masks.causal(jnp.array([2]), 4), 4, 8, q_heads=1, kv_heads=1, head_dim=1, itemsize=1)

@@ -15,7 +15,7 @@ import pytest
 from scipy import stats as sps
 
 import nemodiff_jax as nd
-from nemodiff_jax import masks
+from nemodiff_jax.model import masks
 from nemodiff_jax.decode.linear_spec import linear_cache_len, linear_spec_decode
 from tests.nemodiff_jax.decode.tiny import (
     ORACLE_WIDTH, TINY, greedy_np, pad, prompts, relabel, seq_logits, softmax_np, swap_ids,
@@ -99,7 +99,7 @@ def draft_logits(model, seq, l0: int, lora: float) -> np.ndarray:
     per-query [1, W, 1] array, so it reaches only the block's hidden states."""
     n = len(seq)
     ids = jnp.asarray([list(seq) + [0] * (ORACLE_WIDTH - n)], jnp.int32)
-    policy = masks.mixed(jnp.zeros((1,), jnp.int32), jnp.asarray([l0]), jnp.asarray([n]), ORACLE_WIDTH, 1)
+    policy = masks.mixed(jnp.zeros((1,), jnp.int32), jnp.asarray([l0]), jnp.asarray([n]), 1)
     pos = jnp.arange(ORACLE_WIDTH, dtype=jnp.int32)[None]
     per_query = jnp.asarray((np.arange(ORACLE_WIDTH) >= l0) * lora, jnp.float32)[None, :, None]
     logits, _ = nd.forward(model.params, model.config, ids, pos, policy, None, per_query)

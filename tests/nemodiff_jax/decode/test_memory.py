@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model.config import NLDConfig
 from nemodiff_jax.decode.common import auto_chunk
 from nemodiff_jax.decode.memory import GIB, SLACK_GIB, decode_memory
 

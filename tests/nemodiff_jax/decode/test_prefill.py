@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nemodiff_jax import masks
-from nemodiff_jax.api import final_logits, forward, forward_hidden
-from nemodiff_jax.cache import KVCache
+from nemodiff_jax.model import masks
+from nemodiff_jax.model.forward import final_logits, forward, forward_hidden
+from nemodiff_jax.model.cache import KVCache
 from nemodiff_jax.decode.common import chunk_starts, positions_from, prefill, prefill_with_window
 
 from .tiny import prompts, tiny_model
@@ -117,7 +117,7 @@ def test_prefill_with_window_equals_the_mixed_mask_forward():
     pl = plen[:, None]
     padded_w = jnp.concatenate([prompt, jnp.zeros((b, bk), jnp.int32)], axis=1)
     tokens = jnp.where(idx < pl, padded_w, jnp.where(idx < pl + bk, cfg.mask_token_id, cfg.pad_token_id))
-    policy = masks.mixed(jnp.zeros((b,), jnp.int32), plen, plen + bk, width, b)
+    policy = masks.mixed(jnp.zeros((b,), jnp.int32), plen, plen + bk, b)
     fresh = KVCache.init(cfg, b, CACHE)
     ref, ref_cache = forward(m.params, cfg, tokens, jnp.broadcast_to(idx, (b, width)), policy, fresh, 0.0)
     src = pl + jnp.arange(bk, dtype=jnp.int32)[None, :]

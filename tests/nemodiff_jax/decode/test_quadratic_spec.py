@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nemodiff_jax.cache import KVCache
+from nemodiff_jax.model.cache import KVCache
 from nemodiff_jax.decode import quadratic_spec as qs
 from nemodiff_jax.decode.common import prefill
 from nemodiff_jax.decode.quadratic_spec import quadratic_cache_len, quadratic_spec_decode

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import nemodiff_jax as nd
-from nemodiff_jax import masks
+from nemodiff_jax.model import masks
 
 TINY = nd.NLDConfig.preset("tiny").replace(
     vocab_size=64,
@@ -88,7 +88,7 @@ def seq_logits(model: nd.Model, seq, bidir_from: int | None = None, lora: float 
     ids = jnp.asarray([list(seq) + [0] * (ORACLE_WIDTH - n)], jnp.int32)
     zero = jnp.zeros((1,), jnp.int32)
     start = n if bidir_from is None else bidir_from
-    policy = masks.mixed(zero, jnp.asarray([start], jnp.int32), jnp.asarray([n], jnp.int32), ORACLE_WIDTH, 1)
+    policy = masks.mixed(zero, jnp.asarray([start], jnp.int32), jnp.asarray([n], jnp.int32), 1)
     pos = jnp.arange(ORACLE_WIDTH, dtype=jnp.int32)[None]
     logits, _ = nd.forward(model.params, model.config, ids, pos, policy, None, jnp.float32(lora))
     return np.array(logits[0, :n])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import nemodiff_jax as nd
-from nemodiff_jax import masks
+from nemodiff_jax.model import masks
 from nemodiff_jax.eval import oracle
 from nemodiff_jax.eval.models import random_model
 
@@ -121,7 +121,7 @@ def nocache_predictor(model, prefix: list[int]):
             ids = jnp.asarray([prefix + [int(t) for t in row]], jnp.int32)
             n = ids.shape[1]
             zero = jnp.zeros((1,), jnp.int32)
-            pol = masks.mixed(zero, jnp.asarray([p], jnp.int32), jnp.asarray([n], jnp.int32), n, 1)
+            pol = masks.mixed(zero, jnp.asarray([p], jnp.int32), jnp.asarray([n], jnp.int32), 1)
             logits, _ = nd.forward(model.params, cfg, ids, jnp.arange(n, dtype=jnp.int32)[None], pol, None, jnp.float32(0))
             lg = np.array(logits[0, p:], np.float64)
             lg[:, cfg.mask_token_id] = -np.inf
@@ -135,7 +135,7 @@ def nocache_predictor(model, prefix: list[int]):
 
 
 def test_oracle_on_a_tiny_model_matches_brute_force_and_generate(model):
-    from nemodiff_jax.generate import generate
+    from nemodiff_jax.decode.generate import generate
 
     cfg = model.config
     bl, prompt = 4, [5, 6, 7, 8, 9, 10, 11]

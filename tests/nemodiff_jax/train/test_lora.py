@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nemodiff_jax.api import init_params
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model.forward import init_params
+from nemodiff_jax.model.config import NLDConfig
 from nemodiff_jax.train.data import BatchSource, DataConfig
 from nemodiff_jax.train.lora import LoraConfig, draft_starts, train_draft_lora
 

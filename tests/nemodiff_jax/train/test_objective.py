@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nemodiff_jax.api import init_params
-from nemodiff_jax.config import NLDConfig
+from nemodiff_jax.model.forward import init_params
+from nemodiff_jax.model.config import NLDConfig
 from nemodiff_jax.train.objective import (
     ObjectiveConfig,
     corrupt_blockwise,
@@ -101,8 +101,8 @@ def test_loss_matches_float64_numpy():
     obj = ObjectiveConfig(ar_weight=1.0, diff_weight=0.3, block_size=4)
 
     tokens, pos = doubled_inputs(jnp.asarray(ids), jnp.asarray(masked), CFG.mask_token_id)
-    from nemodiff_jax import masks
-    from nemodiff_jax.api import forward
+    from nemodiff_jax.model import masks
+    from nemodiff_jax.model.forward import forward
 
     logits, _ = forward(params, CFG, tokens, pos, masks.block_diff(L, 4, 2), None, jnp.float32(0.0))
     loss, metrics = loss_from_logits(logits, jnp.asarray(ids), jnp.asarray(loss_mask, bool), jnp.asarray(masked),

@@ -1,0 +1,79 @@
+"""Reading model directories: HF checkpoints (safetensors or torch pickles) and the
+converted layout written by ``convert_weights`` (config.json + orbax params + manifest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..model.config import NLDConfig
+from ..model.forward import Model
+
+EMBEDDED_DIR = Path(__file__).parent.parent / "assets" / "embedded"
+
+
+def resolve(path) -> Path:
+    if str(path) == "embedded":
+        if not (EMBEDDED_DIR / "config.json").is_file():
+            raise ValueError(f"the embedded model is not present at {EMBEDDED_DIR}")
+        return EMBEDDED_DIR
+    p = Path(path)
+    if not p.is_dir():
+        raise ValueError(f"model directory {p} does not exist")
+    if not (p / "config.json").is_file():
+        raise ValueError(f"model directory {p} has no config.json")
+    return p
+
+
+def load_tokenizer(directory: Path, cfg: NLDConfig):
+    if not (directory / "tokenizer.json").is_file():
+        return None
+    from .tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(directory, cfg)
+
+
+def load(path: str | Path = "embedded", *, dtype: str | None = None, attention_impl: str | None = None) -> Model:
+    """Load a model: ``"embedded"``, a directory written by the port script, or an HF NLD directory."""
+    return load_model(path, dtype=dtype, attention_impl=attention_impl)
+
+
+def load_model(path, dtype: str | None = None, attention_impl: str | None = None) -> Model:
+
+    directory = resolve(path)
+    overrides = {}
+    if attention_impl is not None:
+        overrides["attention_impl"] = attention_impl
+    if (directory / "params").is_dir():
+        from nemodiff_jax.io.jax_format import read_converted
+
+        cfg, params = read_converted(directory, dtype=dtype, **overrides)
+    else:
+        cfg, params = read_hf(directory, dtype=dtype, **overrides)
+    return Model(cfg, params, load_tokenizer(directory, cfg), str(directory))
+
+
+def read_hf(directory: Path, dtype: str | None = None, **overrides):
+    """Config and parameters straight from an HF NLD checkpoint directory, with the bundled
+    draft LoRA (``linear_spec_lora/``) when it has one. Everything is checked first; one
+    CheckpointError lists all problems."""
+    from nemodiff_jax.io.hf_read import open_hf
+    from nemodiff_jax.io.jax_format import to_device
+    from nemodiff_jax.io.keymap import assemble_params
+
+    ckpt = open_hf(directory, dtype=dtype, **overrides)
+    cfg = ckpt.config
+    np_dtype = as_numpy_dtype(cfg.dtype)
+    tree = assemble_params(cfg, ckpt.source.get, dtype=np_dtype, include_lora=False)
+    if ckpt.adapter is not None:
+        get = ckpt.adapter.source.get
+        lora = assemble_params(cfg, get, dtype=np_dtype, include_lora=True, lora_only=True)
+        tree["layers"]["self_attn"].update(lora["layers"]["self_attn"])
+        del lora
+    return cfg, to_device(tree)
+
+
+def as_numpy_dtype(name: str):
+    return np.dtype(jnp.dtype(name))
