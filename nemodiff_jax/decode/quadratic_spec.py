@@ -45,7 +45,7 @@ from . import sampling
 from ..model.forward import forward
 from ..model.cache import KVCache
 from ..model.config import NLDConfig
-from .common import DecodeOutput
+from .common import DecodeOutput, prefill_with_window
 from .linear_spec import finish, first_index, position_stats, write_span
 
 
@@ -100,22 +100,14 @@ def quadratic_start(
     *, block_length: int, out_len: int, cache_len: int,
 ) -> QuadState:
     """The bootstrap forward (NFE 1): prompt causal, each row's B masks bidirectional after it."""
-    b, p = prompt.shape
+    b = prompt.shape[0]
     bk, m = block_length, cfg.mask_token_id
-    width = p + bk
-    idx = jnp.arange(width, dtype=jnp.int32)[None, :]
-    pl = prompt_len[:, None]
-    padded = jnp.concatenate([prompt, jnp.full((b, bk), cfg.pad_token_id, jnp.int32)], axis=1)
-    tokens = jnp.where(idx < pl, padded, jnp.where(idx < pl + bk, m, cfg.pad_token_id))
-    positions = jnp.broadcast_to(idx, (b, width))
-    policy = masks.mixed(jnp.zeros((b,), jnp.int32), prompt_len, prompt_len + bk, b)
+    # [prompt, M x B] under the mixed mask, as a chunked causal prefill + one window forward.
     cache = KVCache.init(cfg, b, cache_len, jnp.dtype(cfg.dtype))
-    logits, cache = forward(params, cfg, tokens, positions, policy, cache, 0.0)
-    cache = cache.with_length(prompt_len)
+    masks_win = jnp.full((b, bk), m, jnp.int32)
+    last, mask_logits, cache = prefill_with_window(params, cfg, prompt, prompt_len, cache, masks_win, 0.0)
     # d_0 from the last prompt slot (AR); d_j from mask j at prompt_len + j (no shift).
-    src = pl + jnp.arange(bk, dtype=jnp.int32)[None, :]
-    src = src.at[:, 0].set(prompt_len - 1)
-    draft = sampling.greedy(jnp.take_along_axis(logits, src[..., None], axis=1), m)
+    draft = sampling.greedy(jnp.concatenate([last[:, None], mask_logits[:, 1:]], axis=1), m)
     draft = draft.at[:, 0].set(jnp.where(kn.thinking & (kn.budget == 0), kn.end_think, draft[:, 0]))
     return QuadState(
         step=jnp.int32(0),

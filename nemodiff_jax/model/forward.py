@@ -21,6 +21,7 @@ from .cache import KVCache
 from .config import NLDConfig
 from .masks import AttentionPolicy
 from .layers import NLDModel
+from .layers import final_logits as _final_logits
 
 MODES = ("causal", "bidirectional")
 
@@ -70,9 +71,38 @@ def forward(
     policy: AttentionPolicy,
     cache: KVCache | None = None,
     lora=0.0,
-) -> tuple[Float[Array, "B Q V"], KVCache | None]:
-    """The shared forward: float32 logits and the cache with the window written at ``prefix_len``."""
-    return NLDModel(cfg).apply({"params": params}, tokens, positions, policy, cache, lora)
+    *,
+    logits_at=None,
+) -> tuple[Float[Array, "B ..."], KVCache | None]:
+    """The shared forward: float32 logits and the cache with the window written at ``prefix_len``.
+
+    Logits ``[B, Q, V]`` of the whole window by default; with ``logits_at`` (int ``[B]`` or
+    ``[B, K]`` window indices) only those rows' logits, ``[B, V]`` or ``[B, K, V]``, so the
+    norm and the head run on ``B`` (or ``B x K``) hidden states instead of ``B x Q``.
+    """
+    return NLDModel(cfg).apply({"params": params}, tokens, positions, policy, cache, lora, logits_at=logits_at)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def forward_hidden(
+    params,
+    cfg: NLDConfig,
+    tokens: Int[Array, "B Q"],
+    positions: Int[Array, "B Q"],
+    policy: AttentionPolicy,
+    cache: KVCache | None = None,
+    lora=0.0,
+) -> tuple[Float[Array, "B Q H"], KVCache | None]:
+    """The forward without the final norm and head: the last layer's hidden states and the cache.
+
+    :func:`final_logits` turns (gathered) hidden states into the logits ``forward`` gives.
+    """
+    return NLDModel(cfg).apply({"params": params}, tokens, positions, policy, cache, lora, head=False)
+
+
+def final_logits(params, cfg: NLDConfig, hidden) -> jax.Array:
+    """Final norm + head on hidden states from :func:`forward_hidden` (any leading shape)."""
+    return _final_logits(params, cfg, hidden)
 
 
 def validate_ids(ids, cfg: NLDConfig) -> jnp.ndarray:
