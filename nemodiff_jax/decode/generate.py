@@ -88,7 +88,7 @@ def _as_id_lists(model: Model, prompts: Any) -> list[list[int]]:
         prompts = arr.tolist()
     if not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise ValueError("prompts must be a string, a list of token ids, or a non-empty list of either")
-    if all(isinstance(t, (int, np.integer)) for t in prompts):
+    if all(isinstance(t, (int, float, np.number, np.bool_)) for t in prompts):
         prompts = [prompts]
     rows = []
     for p in prompts:
@@ -96,6 +96,12 @@ def _as_id_lists(model: Model, prompts: Any) -> list[list[int]]:
             if model.tokenizer is None:
                 raise ValueError("string prompts need a model with a tokenizer (model.tokenizer is None)")
             p = model.tokenizer.encode(p)
+        if isinstance(p, (np.ndarray, jax.Array)):
+            p = np.asarray(p).tolist() if np.issubdtype(np.asarray(p).dtype, np.integer) else list(np.asarray(p))
+        bad_type = [t for t in p if isinstance(t, bool) or not isinstance(t, (int, np.integer))]
+        if bad_type:
+            raise ValueError(f"prompts: token ids must be integers, got {bad_type[0]!r} "
+                             f"({type(bad_type[0]).__name__})")
         p = [int(t) for t in p]
         if not p:
             raise ValueError("prompts: every prompt must hold at least one token")
@@ -130,47 +136,79 @@ def _check_knobs(cfg, mode, max_new_tokens, block_length, threshold, temperature
                  max_thinking_tokens, end_think_token_id):
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+    if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if not isinstance(block_length, (int, np.integer)) or block_length < 1:
+    if not isinstance(block_length, (int, np.integer)) or isinstance(block_length, bool) or block_length < 1:
         raise ValueError(f"block_length must be a positive integer, got {block_length!r}")
     if mode == "diffusion" and max_new_tokens % block_length:
         raise ValueError(
             f"block_length ({block_length}) must divide max_new_tokens ({max_new_tokens}) in {mode} mode"
         )
-    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+    if threshold is not None and (_not_number(threshold) or not 0.0 <= float(threshold) <= 1.0):
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-    if float(temperature) < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if _not_number(temperature) or not 0 <= float(temperature) < float("inf"):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if mode == "quadratic_spec" and float(temperature) != 0:
         raise ValueError(f"temperature must be 0 in quadratic_spec mode (it is greedy), got {temperature}")
-    if not isinstance(top_k, (int, np.integer)) or top_k < 0:
+    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
         raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-    if not 0.0 < float(top_p) <= 1.0:
+    if _not_number(top_p) or not 0.0 < float(top_p) <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     if mode == "diffusion":
         unmask.get(policy)
     if max_thinking_tokens is not None:
-        if max_thinking_tokens < 0:
-            raise ValueError(f"max_thinking_tokens must be >= 0 or None, got {max_thinking_tokens}")
+        if not isinstance(max_thinking_tokens, (int, np.integer)) or not 0 <= max_thinking_tokens < 2**31:
+            raise ValueError(f"max_thinking_tokens must be an integer in [0, 2**31) or None, got {max_thinking_tokens!r}")
         if end_think_token_id is None:
             raise ValueError("end_think_token_id is required when max_thinking_tokens is set")
-    if end_think_token_id is not None and not 0 <= end_think_token_id < cfg.vocab_size:
+    if end_think_token_id is not None and (not isinstance(end_think_token_id, (int, np.integer))
+                                           or not 0 <= end_think_token_id < cfg.vocab_size):
         raise ValueError(f"end_think_token_id {end_think_token_id} outside the vocabulary [0, {cfg.vocab_size})")
+
+
+def _not_number(x) -> bool:
+    """True for anything but a real int/float (bools and strings included)."""
+    return isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating))
+
+
+SEED_RANGE = (-(2**31), 2**64)
+
+
+def _check_seed(x, what: str = "seed") -> int:
+    if not isinstance(x, (int, np.integer)) or isinstance(x, bool):
+        raise ValueError(f"{what} must be an int or a list of ints (one per prompt), got {x!r}")
+    if not SEED_RANGE[0] <= int(x) < SEED_RANGE[1]:
+        raise ValueError(f"{what} must lie in [-2**31, 2**64), got {x}")
+    return int(x)
+
+
+def _key64(seed: int):
+    """A key per seed: ``key(seed)`` below 2**32 (as always), else ``key(low word)`` folded with
+    the high word, so all 64 bits count (0, 2**32 and 2**40 give three different streams)."""
+    if seed < 2**32:
+        return jax.random.key(seed)
+    return jax.random.fold_in(jax.random.key(seed & 0xFFFFFFFF), seed >> 32)
 
 
 def _keys(seed, n: int):
     """A single key (int seed) or ``n`` row keys (one seed per prompt)."""
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        return jax.random.key(int(seed))
+        return _key64(_check_seed(seed))
     seeds = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else None
-    if seeds is None or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in seeds):
+    if seeds is None:
         raise ValueError(f"seed must be an int or a list of ints (one per prompt), got {seed!r}")
+    seeds = [_check_seed(x, "seed: per-prompt seeds") for x in seeds]
     if len(seeds) != n:
         raise ValueError(f"seed: got {len(seeds)} seeds for {n} prompts; give one per prompt or a single int")
-    if not all(0 <= int(x) < 2**32 for x in seeds):
-        raise ValueError(f"seed: per-prompt seeds must be in [0, 2**32), got {seeds}")
-    return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+    if any(x < 0 for x in seeds):
+        raise ValueError(f"seed: per-prompt seeds must be in [0, 2**64), got {seeds}")
+    low = jax.vmap(jax.random.key)(jnp.asarray([x & 0xFFFFFFFF for x in seeds], jnp.uint32))
+    high = np.asarray([x >> 32 for x in seeds], np.uint32)
+    if not high.any():
+        return low
+    folded = jax.vmap(jax.random.fold_in)(low, jnp.asarray(high))
+    data = jnp.where(jnp.asarray(high != 0)[:, None], jax.random.key_data(folded), jax.random.key_data(low))
+    return jax.random.wrap_key_data(data)
 
 
 @sharding.under_params_mesh
@@ -210,6 +248,9 @@ def generate(
     if block_length is None:
         block_length = cfg.block_size
     policy_params = dict(policy_params or {})
+    for name in ("gamma", "ar_mix_weight"):
+        if name in policy_params and (_not_number(policy_params[name]) or not np.isfinite(policy_params[name])):
+            raise ValueError(f"policy_params[{name!r}] must be a finite number, got {policy_params[name]!r}")
     _check_knobs(cfg, mode, max_new_tokens, block_length, threshold, temperature, top_k, top_p, policy,
                  max_thinking_tokens, end_think_token_id)
     allowed = POLICY_PARAMS[mode]
@@ -260,7 +301,7 @@ def generate(
     max_new = i32(max_new_tokens)
     think = i32(-1 if max_thinking_tokens is None else max_thinking_tokens)
     end_think = i32(-1 if end_think_token_id is None else end_think_token_id)
-    temp, tk, tp = f32(temperature), i32(top_k), f32(top_p)
+    temp, tk, tp = f32(temperature), i32(min(int(top_k), cfg.vocab_size)), f32(top_p)  # k >= V keeps all
     lora_s = f32(1.0 if lora else 0.0)
 
     t0 = time.perf_counter()

@@ -20,6 +20,8 @@ def resolve(path) -> Path:
             raise ValueError(f"the embedded model is not present at {EMBEDDED_DIR}")
         return EMBEDDED_DIR
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{p} is a file, not a model directory")
     if not p.is_dir():
         raise ValueError(f"model directory {p} does not exist")
     if not (p / "config.json").is_file():

@@ -109,7 +109,7 @@ def validate_ids(ids, cfg: NLDConfig) -> jnp.ndarray:
     """An int32 ``[B, L]`` array of in-vocabulary ids, or a ValueError naming the problem."""
     if isinstance(ids, (list, tuple)):
         ids = np.asarray(ids)
-    if not hasattr(ids, "dtype") or not jnp.issubdtype(ids.dtype, jnp.integer):
+    if not hasattr(ids, "dtype") or not jnp.issubdtype(ids.dtype, jnp.integer) or ids.dtype == bool:
         raise ValueError(f"ids must be an integer array, got dtype {getattr(ids, 'dtype', type(ids))}")
     if ids.ndim != 2:
         raise ValueError(f"ids must have rank 2 [batch, length], got shape {tuple(ids.shape)}")
@@ -130,6 +130,8 @@ def forward_logits(model: Model, ids, mode: str = "causal", lora: bool = False) 
     """Logits ``[B, L, V]`` of whole sequences without a cache, under a causal or bidirectional mask."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if lora and not model.has_lora:
+        raise ValueError("lora=True but the model has no draft LoRA (config.lora_rank == 0)")
     ids = validate_ids(ids, model.config)
     b, length = ids.shape
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
