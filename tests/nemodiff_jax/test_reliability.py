@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import nemodiff_jax as nd
-from nemodiff_jax.config import NLDConfig, config_from_hf_dict
+from nemodiff_jax.model.config import NLDConfig, config_from_hf_dict
 
-GEN = __import__("sys").modules["nemodiff_jax.generate"]
+GEN = __import__("sys").modules["nemodiff_jax.decode.generate"]
 TINY = NLDConfig.preset("tiny").replace(num_layers=1, hidden_size=32, intermediate_size=64, num_heads=2,
                                         num_kv_heads=1, head_dim=16, vocab_size=64, max_position_embeddings=256)
 
@@ -108,7 +108,7 @@ def test_load_reports_a_file_as_a_file(tmp_path):
 
 
 def test_result_json_is_strict():
-    from nemodiff_jax.cli_generate import finite_json
+    from nemodiff_jax.cli.generate import finite_json
 
     text = json.dumps(finite_json({"a": [math.nan, 1.0, {"b": math.inf}]}), allow_nan=False)
     assert json.loads(text) == {"a": [None, 1.0, {"b": None}]}
