@@ -103,11 +103,12 @@ def file_records(paths: list[Path], root: Path) -> list[dict]:
     ]
 
 
-def chunk_records(directory: Path) -> list[dict]:
-    """sha256 and size of every file of a written orbax checkpoint, relative to its parent
-    (``params/...``): :func:`jax_format.read_converted` checks them before restoring."""
+def chunk_records(directory: Path, name: str) -> list[dict]:
+    """sha256 and size of every file of a written orbax checkpoint, as ``NAME/...`` (its place in
+    OUT once renamed): :func:`jax_format.read_converted` checks them before restoring."""
     directory = Path(directory)
-    return file_records(sorted(p for p in directory.rglob("*") if p.is_file()), directory.parent)
+    records = file_records(sorted(p for p in directory.rglob("*") if p.is_file()), directory)
+    return [{**r, "path": f"{name}/{r['path']}"} for r in records]
 
 
 def converted_config_dict(cfg: NLDConfig, source: dict) -> dict:
@@ -143,7 +144,7 @@ def _write_lora(path: Path, cfg: NLDConfig, adapter: Adapter, progress: Progress
     get = progress.wrap(lambda s: adapter.source.get(s.hf_name))
     write_tree(path, streamed_leaves(lcfg, adapter.specs(cfg), get, adapter.dtype))
     return {
-        "chunks": chunk_records(path),
+        "chunks": chunk_records(path, LORA_DIR),
         "source": str(adapter.directory.absolute()),
         "files": file_records([*adapter.source.files, adapter.directory / "adapter_config.json"], adapter.directory),
         "rank": adapter.rank,
@@ -181,7 +182,7 @@ def convert_hf(
         write_json(tmp / "config.json", converted_config_dict(cfg, ckpt.config_dict))
         copied = copy_side_files(src, tmp)
         manifest = _manifest(ckpt, base, lora_record, copied)
-        manifest["chunks"] = chunk_records(tmp / PARAMS_DIR)
+        manifest["chunks"] = chunk_records(tmp / PARAMS_DIR, PARAMS_DIR)
         write_json(tmp / MANIFEST, manifest)
     return out
 

@@ -78,7 +78,30 @@ def load_model(path, dtype: str | None = None, attention_impl: str | None = None
         cfg, params = read_converted(directory, dtype=dtype, **overrides)
     else:
         cfg, params = read_hf(directory, dtype=dtype, **overrides)
+    check_finite(cfg, params, str(directory))
     return Model(cfg, params, load_tokenizer(directory, cfg), str(directory))
+
+
+def check_finite(cfg: NLDConfig, params, where: str = "checkpoint") -> None:
+    """A CheckpointError naming the first tensor (HF name, layer included) holding NaN or Inf.
+
+    One reduction per leaf on the device; only a bad leaf is searched layer by layer."""
+    import jax
+
+    from .keymap import CheckpointError, get_path, hf_param_specs
+    from ..guard import nonfinite_count
+
+    leaf_ok: dict[tuple, bool] = {}
+    for spec in hf_param_specs(cfg, include_lora=cfg.lora_rank > 0):
+        leaf = get_path(params, spec.path)
+        if spec.path not in leaf_ok:
+            leaf_ok[spec.path] = bool(jax.numpy.isfinite(leaf).all())
+        if leaf_ok[spec.path]:
+            continue
+        count = nonfinite_count(leaf if spec.layer is None else leaf[spec.layer])
+        if count:
+            raise CheckpointError([f"non-finite weights: {spec.hf_name} holds {count} NaN/Inf value(s) "
+                                   "(a corrupt or diverged checkpoint; it would decode garbage)"], where)
 
 
 def read_hf(directory: Path, dtype: str | None = None, **overrides):
