@@ -15,7 +15,7 @@ import pytest
 import nemodiff_jax as nd
 from nemodiff_jax.model.config import NLDConfig, config_from_hf_dict
 
-GEN = __import__("sys").modules["nemodiff_jax.decode.generate"]
+GEN = __import__("importlib").import_module("nemodiff_jax.decode.generate")
 TINY = NLDConfig.preset("tiny").replace(num_layers=1, hidden_size=32, intermediate_size=64, num_heads=2,
                                         num_kv_heads=1, head_dim=16, vocab_size=64, max_position_embeddings=256)
 
