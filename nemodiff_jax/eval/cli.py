@@ -139,11 +139,11 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         saved = json.loads(Path(args.from_json).read_text())
         res = SweepResult(saved["config"], saved["rows"])
         return _write_sweep(res, args)
-    guard.writable_dir(args.out)
-    model = _load(args)
     grid = SweepGrid(tuple(args.policies), tuple(args.thresholds), tuple(args.block_lengths),
                      tuple(args.temperatures), tuple(args.lora), tuple(args.gammas))
-    check_grid(grid, args.batch_size, args.max_new_tokens)
+    check_grid(grid, args.batch_size, args.max_new_tokens)  # before the model loads
+    guard.writable_dir(args.out)
+    model = _load(args)
     try:
         res = run_sweep(model, _tasks(args), grid, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                         seed=args.seed, baselines=tuple(args.baselines), fuse=not args.no_fuse,

@@ -211,7 +211,7 @@ def check_grid(grid: SweepGrid, batch_size: int, max_new_tokens: int) -> None:
     bad("block lengths", grid.block_lengths, lambda v: v >= 1 and float(v).is_integer(), "integers >= 1")
     if not grid.policies or not grid.block_lengths or not grid.temperatures or not grid.loras:
         raise ValueError("the sweep grid is empty: give at least one policy, block length, temperature and lora")
-    from .. import unmask
+    from ..decode import unmask
 
     for policy in grid.policies:
         unmask.get(policy)

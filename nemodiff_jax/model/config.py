@@ -138,12 +138,14 @@ def type_error(where: str, name: str, kind: str, value) -> ValueError:
     return ValueError(f"{where} field {name!r} must be {_TYPE_NAMES.get(kind, kind)}, got {_describe(value)}")
 
 
-def check_fields(obj, where: str) -> None:
-    """Every int/float/str/bool field of a dataclass holds that type (``X | None`` allows None), or
-    one ValueError naming the field and the expected type."""
+def check_fields(obj, where: str, values: dict | None = None) -> None:
+    """Every int/float/str/bool field of a dataclass (or of ``values``, keyed by field name) holds
+    that type (``X | None`` allows None), or one ValueError naming the field and the type."""
     for f in dataclasses.fields(obj):
+        if values is not None and f.name not in values:
+            continue
         kinds = [k.strip() for k in str(f.type).split("|")]
-        value = getattr(obj, f.name)
+        value = getattr(obj, f.name) if values is None else values[f.name]
         if value is None and "None" in kinds:
             continue
         kind = kinds[0]

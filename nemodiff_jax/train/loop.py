@@ -225,12 +225,8 @@ def _fields_of(cls, sec: Any, where: str) -> dict[str, Any]:
 
 
 def _build(cls, kw: dict, where: str):
-    """``cls(**kw)`` after checking every field's type (a ValueError naming the field)."""
-    obj = cls.__new__(cls)
-    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-    for name, value in {**defaults, **kw}.items():
-        object.__setattr__(obj, name, value)
-    check_fields(obj, where)
+    """``cls(**kw)`` after checking every given field's type (a ValueError naming the field)."""
+    check_fields(cls, where, kw)
     return cls(**kw)
 
 
@@ -246,6 +242,7 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
         model = {"preset": model}
     model = dict(_fields_of(NLDConfig, {k: v for k, v in model.items() if k != "preset"}, "model"),
                  **({"preset": model["preset"]} if "preset" in model else {}))
+    check_fields(NLDConfig, "config", model)
     if d.get("init_from"):
         cfg = NLDConfig.from_hf(_resolve_dir(d["init_from"]))
         cfg = cfg.replace(**{k: v for k, v in model.items() if k != "preset"})
