@@ -112,3 +112,28 @@ def test_result_json_is_strict():
 
     text = json.dumps(finite_json({"a": [math.nan, 1.0, {"b": math.inf}]}), allow_nan=False)
     assert json.loads(text) == {"a": [None, 1.0, {"b": None}]}
+
+
+# ---------------------------------------------------------------------- partial files
+def test_stale_partial_files_of_dead_writers_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from nemodiff_jax import guard
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    out = tmp_path / "eval"
+    out.mkdir()
+    stale = [out / f".results.json.tmp-{p.pid}", out / f".samples.jsonl.partial-{p.pid}"]
+    stale[0].write_text("{")
+    stale[1].mkdir()
+    live = out / f".metrics.csv.tmp-{os.getpid()}"
+    live.write_text("")
+    unrelated = out / ".hidden-1"
+    unrelated.write_text("")
+    guard.writable_dir(out)  # what eval, sweep and oracle call on --out before they start
+    assert not any(s.exists() for s in stale) and live.exists() and unrelated.exists()
+    guard.atomic_write_text(out / "results.json", "{}\n")
+    assert sorted(x.name for x in out.iterdir()) == sorted([live.name, unrelated.name, "results.json"])

@@ -133,6 +133,13 @@ def test_train_sigint_checkpoints_finished_steps(env, tmp_path):
     assert leftovers(out, out / "ckpt") == []
 
 
+def test_generate_sigint_exits_130_in_one_line(env, model_dir):
+    rc, err, _ = interrupted(env, ("nemodiff_jax.cli.generate", "", "load_model"),
+                             ["generate", "--model", model_dir, "--prompt", "hi", "--mode", "ar"])
+    lines = [line for line in err.splitlines() if line.strip() and "@@HOOK@@" not in line]
+    assert rc == 130 and lines == ["nemodiff: interrupted by SIGINT"], err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_convert_interrupted_leaves_nothing(env, model_dir, tmp_path, sig):
     out = tmp_path / "jax"
