@@ -226,6 +226,7 @@ def _finish_sweep(config: dict, rows_out: list[dict]) -> "SweepResult":
         r["pareto"] = f
     for r in rows_out:
         r.setdefault("pareto", False)
+        r.setdefault("partial", False)
     return SweepResult(config, rows_out)
 
 
