@@ -169,8 +169,14 @@ def run_decode_bench(
     sides=SIDES,
     out=None,
     log=None,
+    torch_threads: int | None = 1,
 ) -> dict:
-    """Time every side (see the module docstring); returns a JSON-able dict, written atomically to ``out``."""
+    """Time every side (see the module docstring); returns a JSON-able dict, written atomically to ``out``.
+
+    ``torch_threads``: ``torch.set_num_threads`` for the torch sides (None: leave torch's default).
+    1 by default: at batch 1 on this tiny model torch's intra-op threads only add overhead, and on a
+    shared, oversubscribed machine 2 spinning threads made the twin 6-30x slower than 1 (measured).
+    """
     import nemodiff_jax as nd
 
     from .compiles import CompileCounter
@@ -191,6 +197,10 @@ def run_decode_bench(
     if any(s.split("/")[0] in TORCH for s in sides):
         from .torch_twin import twin_from_model
 
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(int(torch_threads))
         twin = twin_from_model(model)
     slots_ok = _slots_supported()
     runners = {s: _runner(s, model, twin, prompts_1, prompts_s, max_new_tokens, block_length, slots, slots_ok)
