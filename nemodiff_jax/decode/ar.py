@@ -55,5 +55,5 @@ def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
 
 
 def result(r: Rows, kn: Knobs, *, spec: LoopSpec, pad: int) -> dict:
-    out = finish(r, pad)
+    out = finish(r, pad, kn.limit)
     return {"tokens": out.pop("tokens"), "num_tokens": out.pop("num_tokens"), "nfe": out.pop("nfe"), "stats": out}

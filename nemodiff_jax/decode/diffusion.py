@@ -139,7 +139,7 @@ def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
 
 
 def result(r: Rows, kn: Knobs, *, spec: LoopSpec, pad: int) -> dict:
-    out = finish(r, pad)
+    out = finish(r, pad, kn.limit)
     b, bl = r.n_out.shape[0], spec.block_length
     max_passes = (spec.out_len // bl) * (bl + 1)
     cp = out["commit_pass"]

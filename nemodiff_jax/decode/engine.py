@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 from types import ModuleType
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,7 @@ class Queue:
 
     prompt: Int[Array, "Q P"]
     prompt_len: Int[Array, "Q"]
-    keys: jax.Array  # typed row keys [Q], or int [Q, 2] seeds: see row_keys
+    keys: Any  # typed row keys [Q], or int [Q, 2] seeds: see row_keys
     knobs: Knobs
 
 
@@ -198,3 +199,19 @@ def peek(cfg: NLDConfig, e: Engine, q: Queue, *, spec: LoopSpec) -> dict:
         canvas = jnp.full((n, spec.block_length), cfg.mask_token_id, jnp.int32)
         view["canvas"] = canvas.at[dest].set(e.rows.extra["x"], mode="drop")
     return view
+
+
+def run(params, cfg: NLDConfig, prompt, prompt_len, key, *, mode: str, out_len: int, cache_len: int,
+        block_length: int = 1, acceptance: str = "speculative", policy: str = "threshold", slots: int | None = None,
+        **knobs) -> DecodeOutput:
+    """:func:`decode` on right-padded arrays, for tests and tools that bypass ``generate``'s host
+    checks. ``key``: one key (row i folds in i) or one per row; ``knobs``: :meth:`Knobs.make`'s
+    keywords, scalars or per-row."""
+    from . import sampling
+
+    b = prompt.shape[0]
+    spec = LoopSpec(mode=mode, block_length=block_length, out_len=out_len, cache_len=cache_len,
+                    prompt_width=prompt.shape[1], acceptance=acceptance, policy=policy, slots=slots or b)
+    q = Queue(prompt=jnp.asarray(prompt, jnp.int32), prompt_len=jnp.asarray(prompt_len, jnp.int32),
+              keys=sampling.row_keys(key, b), knobs=Knobs.make(b, **knobs).clipped(out_len))
+    return decode(params, cfg, q, spec=spec)

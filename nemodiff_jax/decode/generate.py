@@ -256,7 +256,8 @@ def prepare(model: Model, prompts, *, mode: str = "ar", max_new_tokens: int = 12
         n, max_new_tokens=max_new_tokens, temperature=np.asarray(per["temperature"], np.float32),
         top_k=np.asarray(per["top_k"], np.int32), top_p=np.asarray(per["top_p"], np.float32),
         threshold=np.asarray([0.0 if t is None else t for t in per["threshold"]], np.float32),
-        gamma=float(policy_params.get("gamma", 1.0)), lora=1.0 if lora else 0.0,
+        gamma=np.asarray(_per_row("gamma", policy_params.get("gamma", 1.0), n), np.float32),
+        lora=1.0 if lora else 0.0,
         max_thinking_tokens=-1 if max_thinking_tokens is None else max_thinking_tokens,
         end_think_id=-1 if end_think_token_id is None else end_think_token_id,
         ar_mix_weight=float(policy_params.get("ar_mix_weight", -1.0)),
@@ -290,7 +291,7 @@ def generate(model: Model, prompts, **kwargs) -> GenerateResult:
     ``temperature`` / ``top_k`` / ``top_p``: sampling (0 / 0 / 1 = greedy). ``threshold``,
     ``temperature``, ``top_k`` and ``top_p`` take a scalar or one value per prompt.
     ``policy``: the diffusion unmask policy (:mod:`nemodiff_jax.unmask`); ``policy_params``:
-    per-mode extras: diffusion ``gamma`` (``eb``, traced), linear_spec ``acceptance``
+    per-mode extras: diffusion ``gamma`` (``eb``, traced, a scalar or one per prompt), linear_spec ``acceptance``
     (``"speculative"`` or ``"match"``, static), quadratic_spec ``ar_mix_weight`` (traced, < 0 = off).
     ``seed``: one int (prompt i samples with ``fold_in(key(seed), i)``) or one int per prompt
     (prompt i samples with ``key(seed[i])`` alone, so its tokens depend only on its prompt, its
@@ -319,6 +320,7 @@ class StreamUpdate:
     finished: list[bool]
     canvas: list[list[int]] | None = None
     texts: list[str] | None = None
+    result: GenerateResult | None = None  # on the last yield: what generate() returns
 
 
 def stream(model: Model, prompts, *, every: int = 1, **kwargs) -> Iterator[StreamUpdate]:
@@ -334,7 +336,9 @@ def stream(model: Model, prompts, *, every: int = 1, **kwargs) -> Iterator[Strea
         raise ValueError(f"every must be a positive integer, got {every!r}")
     p = prepare(model, prompts, **kwargs)
     cfg, params = model.config, model.params
-    e = engine.init_jit(params, cfg, p.queue, spec=p.spec)
+    t0 = time.perf_counter()
+    e, queue = engine.start(params, cfg, p.queue, spec=p.spec)
+    p = dataclasses.replace(p, queue=queue)
     while True:
         e = engine.advance(params, cfg, e, p.queue, every, spec=p.spec)
         view = jax.device_get(engine.peek(cfg, e, p.queue, spec=p.spec))
@@ -345,6 +349,12 @@ def stream(model: Model, prompts, *, every: int = 1, **kwargs) -> Iterator[Strea
             upd.canvas = view["canvas"].tolist()
         if model.tokenizer is not None:
             upd.texts = [model.tokenizer.decode(t) for t in toks]
+        if done:
+            from .common import DecodeOutput
+
+            out = DecodeOutput(tokens=e.out["tokens"], num_tokens=e.out["num_tokens"], nfe=e.out["nfe"],
+                               stats=e.out["stats"])
+            upd.result = _result(model, p.rows, out, time.perf_counter() - t0, p.spec.mode)
         yield upd
         if done:
             return

@@ -196,7 +196,7 @@ def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
 
 
 def result(r: Rows, kn: Knobs, *, spec: LoopSpec, pad: int) -> dict:
-    out = finish(r, pad)
+    out = finish(r, pad, kn.limit)
     x = r.extra
     stats = {k: x[k] for k in ("acceptance_lengths", "cycles", "draft_passes", "position_trials", "position_accepts")}
     stats["commit_pass"] = out["commit_pass"]

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jaxtyping import Array, Bool, Int
+from jaxtyping import Array, ArrayLike, Bool, Int
 
 from ..model.cache import KVCache
 from .knobs import Knobs
@@ -32,7 +32,7 @@ class Rows:
     think_done: Bool[Array, "B"]
     nfe: Int[Array, "B"]
     key: Any  # one PRNG key per row
-    cache: KVCache
+    cache: Any  # KVCache; None while a cond carries the rows without it
     extra: Any  # dict of per-mode arrays, row axis first
 
 
@@ -120,15 +120,16 @@ def commit(r: Rows, e: Int[Array, "B W"], a: Int[Array, "B"], live: Bool[Array, 
     ), a_out
 
 
-def crop(cache: KVCache, live: Bool[Array, "B"], advance: Int[Array, "B"]) -> KVCache:
+def crop(cache: KVCache, live: Bool[Array, "B"], advance: Int[ArrayLike, "*B"]) -> KVCache:
     """Advance the length of the rows that go on by ``advance``; the others keep theirs so
     their (ignored) later windows stay inside the cache."""
     return cache.with_length(jnp.where(live, cache.length + advance, cache.length))
 
 
-def finish(r: Rows, pad: int) -> dict:
-    """The per-row result: tokens cut at ``n_out`` (pad after), their count, NFE, commit_pass."""
-    num = jnp.minimum(r.n_out, r.tokens.shape[1])
+def finish(r: Rows, pad: int, limit) -> dict:
+    """The per-row result: tokens cut at ``n_out`` and at ``limit`` (a speculative cycle can emit
+    past it; pad after), their count, NFE, commit_pass."""
+    num = jnp.minimum(jnp.minimum(r.n_out, limit), r.tokens.shape[1])
     valid = jnp.arange(r.tokens.shape[1], dtype=jnp.int32)[None, :] < num[:, None]
     return {
         "tokens": jnp.where(valid, r.tokens, pad),
