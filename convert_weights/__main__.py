@@ -4,8 +4,9 @@
     python -m convert_weights --lora ADAPTER OUT          # add a LoRA to a converted OUT
     python -m convert_weights --to-hf SRC OUT [--max-shard-size 5GB] [--dtype ...] [--force] [--verify]
 
-Exit status 0 on success, 1 with a one-line ``error:`` message on any problem (OUT is left
-as it was), 2 for bad arguments.
+Exit status 0 on success; 2 with a one-line ``error:`` message on any problem, bad arguments
+included (OUT is left as it was); 130 when interrupted (SIGINT/SIGTERM: the tensor being written
+is finished, the partial directory is removed, OUT is left as it was).
 """
 
 from __future__ import annotations
@@ -56,19 +57,30 @@ def _fixed_mmap_threshold() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nemodiff_jax import guard
+
+    process = argv is None
     args = parser().parse_intermixed_args(argv)
     _fixed_mmap_threshold()
     args.paths = [args.src] + ([args.out] if args.out else [])
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     progress = False if args.quiet else None
-    try:
-        return _run(args, say, progress)
-    except Exception as e:  # every failure ends as one line and a non-zero exit
-        from nemodiff_jax.io.keymap import CheckpointError
+    with guard.handling():
+        try:
+            rc = _run(args, say, progress)
+        except KeyboardInterrupt as e:
+            print(f"error: {e if isinstance(e, guard.Interrupted) else 'interrupted'}; nothing was written",
+                  file=sys.stderr)
+            rc = guard.EXIT_INTERRUPTED
+        except Exception as e:  # every failure ends as one line and exit status 2
+            from nemodiff_jax.io.keymap import CheckpointError
 
-        msg = e.one_line() if isinstance(e, CheckpointError) else " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
+            msg = e.one_line() if isinstance(e, CheckpointError) else " ".join(str(e).split()) or type(e).__name__
+            print(f"error: {msg}", file=sys.stderr)
+            rc = 2
+    if process and rc == guard.EXIT_INTERRUPTED:
+        guard.exit_now(rc)
+    return rc
 
 
 def _run(args, say, progress) -> int:

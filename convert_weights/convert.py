@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nemodiff_jax import guard
 from nemodiff_jax.model.config import NLDConfig
 
 from nemodiff_jax.io.hf_read import HFCheckpoint, open_hf, read_config
@@ -57,11 +58,13 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
     """A temporary directory beside ``out`` that replaces it on success and vanishes on failure."""
     out = out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    guard.clean_stale(out.parent, out.name)  # what a killed conversion into OUT left behind
+    tmp = guard.partial_name(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        yield tmp
+        with guard.deferred():
+            yield tmp
         check_out(out, force)
         replace_dir(tmp, out)
     except BaseException:
@@ -100,6 +103,14 @@ def file_records(paths: list[Path], root: Path) -> list[dict]:
     ]
 
 
+def chunk_records(directory: Path, name: str) -> list[dict]:
+    """sha256 and size of every file of a written orbax checkpoint, as ``NAME/...`` (its place in
+    OUT once renamed): :func:`jax_format.read_converted` checks them before restoring."""
+    directory = Path(directory)
+    records = file_records(sorted(p for p in directory.rglob("*") if p.is_file()), directory)
+    return [{**r, "path": f"{name}/{r['path']}"} for r in records]
+
+
 def converted_config_dict(cfg: NLDConfig, source: dict) -> dict:
     """The source config.json with our fields laid over it (keeps auto_map, dlm_* and the rest)."""
     d = {k: v for k, v in source.items() if k not in ("lora_rank", "lora_alpha")}
@@ -133,6 +144,7 @@ def _write_lora(path: Path, cfg: NLDConfig, adapter: Adapter, progress: Progress
     get = progress.wrap(lambda s: adapter.source.get(s.hf_name))
     write_tree(path, streamed_leaves(lcfg, adapter.specs(cfg), get, adapter.dtype))
     return {
+        "chunks": chunk_records(path, LORA_DIR),
         "source": str(adapter.directory.absolute()),
         "files": file_records([*adapter.source.files, adapter.directory / "adapter_config.json"], adapter.directory),
         "rank": adapter.rank,
@@ -169,7 +181,9 @@ def convert_hf(
         lora_record = _write_lora(tmp / LORA_DIR, cfg, ckpt.adapter, bar) if ckpt.adapter else None
         write_json(tmp / "config.json", converted_config_dict(cfg, ckpt.config_dict))
         copied = copy_side_files(src, tmp)
-        write_json(tmp / MANIFEST, _manifest(ckpt, base, lora_record, copied))
+        manifest = _manifest(ckpt, base, lora_record, copied)
+        manifest["chunks"] = chunk_records(tmp / PARAMS_DIR, PARAMS_DIR)
+        write_json(tmp / MANIFEST, manifest)
     return out
 
 
@@ -201,10 +215,11 @@ def add_lora(
         adapter = open_adapter(adapter_dir, base_cfg)
     except CheckpointError as e:
         raise CheckpointError([f"LoRA {adapter_dir}: {p}" for p in e.problems], str(out)) from None
-    tmp = out / f".{LORA_DIR}.partial-{os.getpid()}"
+    guard.clean_stale(out, LORA_DIR)
+    tmp = guard.partial_name(out / LORA_DIR)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        with Progress(len(adapter.specs(base_cfg)), "converting LoRA", enabled=progress) as bar:
+        with guard.deferred(), Progress(len(adapter.specs(base_cfg)), "converting LoRA", enabled=progress) as bar:
             record = _write_lora(tmp, base_cfg, adapter, bar)
         replace_dir(tmp, out / LORA_DIR)
     except BaseException:

@@ -18,7 +18,7 @@ from nemodiff_jax.model.config import NLDConfig
 
 from .convert import MANIFEST, check_out, converted_config_dict, copy_side_files, staging, write_json
 from nemodiff_jax.io.hf_read import read_config
-from nemodiff_jax.io.jax_format import LORA_DIR, PARAMS_DIR, LeafReader, check_stored, stored_leaves
+from nemodiff_jax.io.jax_format import LORA_DIR, PARAMS_DIR, LeafReader, check_chunks, check_stored, stored_leaves
 from nemodiff_jax.io.keymap import CheckpointError, ParamSpec, get_path, hf_param_specs
 from nemodiff_jax.io.adapter import ADAPTER_SUBDIR
 from .lora import write_adapter
@@ -47,6 +47,7 @@ def export_hf(
     problems = check_stored(src / PARAMS_DIR, cfg, lora=False)
     if cfg.lora_rank:
         problems += check_stored(src / LORA_DIR, cfg, lora=True)
+    problems += check_chunks(src, bool(cfg.lora_rank))
     if problems:
         raise CheckpointError(problems, str(src))
     lora_dtype = next(iter(stored_leaves(src / LORA_DIR).values()))[1] if cfg.lora_rank else None
@@ -91,7 +92,7 @@ def _export(
     by_name = {s.hf_name: s for s in specs}
     lora_specs = [s for s in hf_param_specs(cfg, include_lora=True) if s.lora] if cfg.lora_rank else []
     with staging(out, force) as tmp, Progress(len(specs) + len(lora_specs), "exporting", enabled=progress) as bar:
-        g = bar.wrap(get)
+        g = bar.wrap(_checked(get))
         entries = [Entry(s.hf_name, s.hf_shape, want) for s in specs]
         write_sharded(tmp, entries, lambda e: g(by_name[e.name]).astype(np_dtype(want), copy=False), max_bytes)
         # config.json describes the base only: the adapter's rank lives in its own config.
@@ -102,3 +103,18 @@ def _export(
             want_lora = np_dtype(lora_dtype)
             write_adapter(tmp / ADAPTER_SUBDIR, cfg, lambda s: g(s).astype(want_lora, copy=False), lora_dtype, adapter_config)
     return out
+
+
+def _checked(get):
+    """``get`` that stops at an interrupt between tensors and refuses NaN/Inf weights."""
+    from nemodiff_jax import guard
+
+    def read(spec):
+        guard.check()
+        arr = get(spec)
+        bad = guard.nonfinite_count(arr)
+        if bad:
+            raise CheckpointError([f"non-finite weights: {spec.hf_name} holds {bad} NaN/Inf value(s)"], "export")
+        return arr
+
+    return read

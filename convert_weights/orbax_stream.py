@@ -19,7 +19,8 @@ import numpy as np
 from nemodiff_jax.model.config import NLDConfig
 
 from nemodiff_jax.io.jax_format import np_dtype
-from nemodiff_jax.io.keymap import ParamSpec, leaf_shape, leaves
+from nemodiff_jax import guard
+from nemodiff_jax.io.keymap import CheckpointError, ParamSpec, leaf_shape, leaves
 
 _MIN_CHUNK, _MAX_CHUNK = 1 << 20, 64 << 20
 
@@ -86,7 +87,7 @@ def _handler_registry(state: _WriteState):
                             raise TypeError(f"leaf part has dtype {arr.dtype}, expected {value.dtype}")
                         await (t[i] if value.stacked else t).write(arr)
                         del arr
-                except Exception as e:
+                except BaseException as e:  # an Interrupted included: raised by write_tree after the save
                     state.error = e
 
     import jax
@@ -106,7 +107,16 @@ def streamed_leaves(
     want = np_dtype(dtype)
 
     def part(spec: ParamSpec):
-        return lambda: spec.to_jax(get(spec).astype(want, copy=False))
+        def read() -> np.ndarray:
+            guard.check()  # an interrupt stops between tensors; the staging directory is removed
+            arr = get(spec)
+            bad = guard.nonfinite_count(arr)
+            if bad:
+                raise CheckpointError([f"non-finite weights: {spec.hf_name} holds {bad} NaN/Inf value(s)"],
+                                      "source checkpoint")
+            return spec.to_jax(arr.astype(want, copy=False))
+
+        return read
 
     return {
         name: StreamedLeaf(leaf_shape(group), want, tuple(part(s) for s in group), group[0].layer is not None)

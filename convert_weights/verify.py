@@ -147,13 +147,22 @@ def compare(
     result = {}
     for name, bidir, lora in modes:
         got = np.asarray(nd.forward_logits(model, ids, mode="bidirectional" if bidir else "causal", lora=lora))
-        scale = max(1.0, float(np.abs(want[name]).max()))
-        result[name] = float(np.abs(got - want[name]).max())
-        if result[name] > bar * scale:
-            raise VerifyError(
-                f"{name} logits differ from transformers by {result[name]:.3g} (bar {bar * scale:.3g} for {cfg.dtype})"
-            )
+        result[name] = check_logits(name, got, want[name], bar, cfg.dtype)
     return result
+
+
+def check_logits(name: str, got: np.ndarray, want: np.ndarray, bar: float, dtype: str) -> float:
+    """Max abs difference, or a VerifyError: above the bar, or any NaN/Inf on either side (a NaN
+    difference compares False against any bar, so it is checked first)."""
+    for side, arr in (("ours", got), ("transformers", want)):
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise VerifyError(f"{name} logits ({side}) hold {bad} NaN/Inf value(s): the weights or the port are broken")
+    scale = max(1.0, float(np.abs(want).max()))
+    diff = float(np.abs(got - want).max())
+    if not diff <= bar * scale:
+        raise VerifyError(f"{name} logits differ from transformers by {diff:.3g} (bar {bar * scale:.3g} for {dtype})")
+    return diff
 
 
 def _first_layers(jax_dir: Path, cfg, depth: int):

@@ -26,6 +26,8 @@ _EXPORTS = {
     "stream": "decode.generate",
     "StreamUpdate": "decode.generate",
     "load": "io.checkpoint",
+    "make_mesh": "model.sharding",
+    "shard_model": "model.sharding",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -50,3 +52,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model.config import NLDConfig  # noqa: F401
     from .model.forward import Model, abstract_params, count_params, forward, forward_logits, init_params  # noqa: F401
     from .model.masks import AttentionPolicy  # noqa: F401
+    from .model.sharding import make_mesh, shard_model  # noqa: F401

@@ -9,6 +9,8 @@ stays quick and a missing sibling module gives one clean line instead of a trace
 Error contract: a mistake at the command line (a bad knob, a missing model, a prompt longer
 than the context, any ValueError from the library) prints one line on stderr saying what is
 wrong and what to do, and exits with status 2. ``--debug`` (anywhere) shows the traceback.
+SIGINT/SIGTERM end a command with status 130 (see :mod:`nemodiff_jax.guard`): long jobs finish
+their current batch, keep what they finished and remove their temporary files first.
 """
 
 from __future__ import annotations
@@ -117,20 +119,29 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    from .. import guard
+
+    process = argv is None  # the console script: leave without teardown after an interrupt
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    try:
-        return run(argv)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `nemodiff ... | head`
-        return 0
-    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError) as e:
-        if debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
-        return 2
+    with guard.handling():
+        try:
+            rc = run(argv)
+        except KeyboardInterrupt as e:
+            if debug:
+                traceback.print_exc()
+            print(f"{PROG}: {e if isinstance(e, guard.Interrupted) else 'interrupted'}", file=sys.stderr)
+            rc = guard.EXIT_INTERRUPTED
+        except BrokenPipeError:  # `nemodiff ... | head`
+            rc = 0
+        except (CLIError, ValueError, OSError, OverflowError) as e:
+            if debug:
+                traceback.print_exc()
+            print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
+            rc = 2
+    if process and rc == guard.EXIT_INTERRUPTED:
+        guard.exit_now(rc)  # interpreter teardown with XLA threads alive is what segfaulted
+    return rc
 
 

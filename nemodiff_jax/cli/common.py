@@ -54,8 +54,8 @@ def formatter(prog):
 
 def one_line(e: BaseException) -> str:
     text = (str(e) if isinstance(e, CLIError) else squash(e)) or type(e).__name__
-    if isinstance(e, (FileNotFoundError, NotADirectoryError)) and e.filename:
-        text = f"{e.strerror or 'no such file'}: {e.filename}"
+    if isinstance(e, OSError) and e.filename:
+        text = f"{e.strerror or type(e).__name__}: {e.filename}"
     if not isinstance(e, CLIError) and "--debug" not in text:
         text += " (rerun with --debug for the traceback)"
     return text
@@ -87,6 +87,8 @@ def load_model(spec: str, dtype: str | None = None):
     with hint(MODEL_HINT):
         if spec != "embedded" and not Path(spec).exists():
             raise ValueError(f"model directory {spec} does not exist")
+        if spec != "embedded" and not Path(spec).is_dir():
+            raise ValueError(f"{spec} is a file, not a model directory")
         try:
             return load(spec, dtype=dtype)
         except (ValueError, CLIError):

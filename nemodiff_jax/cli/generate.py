@@ -176,6 +176,19 @@ def result_json(model, result, prompts: list[list[int]], texts: list[str | None]
     return dict(model=model.path, mode=result.mode, knobs=kw, wall_time=result.wall_time, results=rows)
 
 
+def finite_json(x):
+    """NaN and infinities as null, so ``--json`` stays strict JSON."""
+    import math
+
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: finite_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite_json(v) for v in x]
+    return x
+
+
 # ---------------------------------------------------------------------- showing a result
 def show(model, result, row: int, args, console, err_console) -> None:
     """Print one row: streamed replay, canvas, or at once; then its stats line on stderr."""
@@ -231,7 +244,7 @@ def cmd_generate(args) -> int:
     console, err = consoles()
     prompts_text: list[str | None] = []
     for text in args.prompt or []:
-        prompts_text.append(sys.stdin.read().rstrip("\n") if text == "-" else text)
+        prompts_text.append(read_stdin("--prompt -").rstrip("\n") if text == "-" else text)
     ids_given = [parse_ids(t) for t in args.prompt_ids or []]
     if not prompts_text and not ids_given:
         raise CLIError("give a prompt: --prompt TEXT (or --prompt - for stdin, or --prompt-ids 1,2,3)")
@@ -250,7 +263,8 @@ def cmd_generate(args) -> int:
     with busy(err, f"generating ({args.mode}; the first call compiles) ..."):
         result = run_generate(model, prompts, kw, "generate", args.warmup)
     if args.json:
-        print(json.dumps(result_json(model, result, prompts, texts, kw), ensure_ascii=False))
+        print(json.dumps(finite_json(result_json(model, result, prompts, texts, kw)), ensure_ascii=False,
+                         allow_nan=False))
         return 0
     for row in range(len(prompts)):
         if len(prompts) > 1:
@@ -260,7 +274,19 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def read_stdin(what: str) -> str:
+    """All of standard input, or a one-line error when it is closed (``<&-``) or unreadable."""
+    if sys.stdin is None or sys.stdin.closed:
+        raise CLIError(f"{what} reads standard input, which is closed")
+    try:
+        return sys.stdin.read()
+    except (OSError, ValueError) as e:
+        raise CLIError(f"{what}: cannot read standard input ({squash(e)})") from None
+
+
 def cmd_chat(args) -> int:
+    if sys.stdin is None or sys.stdin.closed:
+        raise CLIError("chat reads its turns from standard input, which is closed")
     console, err = consoles()
     with busy(err, f"loading {args.model} ..."):
         model = load_model(args.model, args.dtype)

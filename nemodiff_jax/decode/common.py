@@ -4,6 +4,12 @@ the causal prefill into the static cache, and position helpers.
 Prompts of different lengths sit right-padded in one ``[B, P]`` array. A causal prefill
 writes the whole padded window; each row's cache length is then set to its own prompt
 length, so the padding K/V are never visible and get overwritten by the next write.
+
+The prefill fits real sizes (docs/MEMORY.md): it runs the prompt in chunks of a static
+length (a ``lax.fori_loop``; chunk ``i`` is a causal window at offset ``min(i * chunk, P - chunk)``
+over the K/V the earlier chunks wrote, so the attention scores are ``[B, H, chunk, T]``, not
+``[B, H, P, T]``), and it computes logits only at each row's last prompt position: the final
+norm and head run on ``B`` hidden states, never on ``[B, P, V]``.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ from jaxtyping import Array, Float, Int
 
 from ..model import masks
 from . import sampling
-from ..model.forward import forward
 from ..model.cache import KVCache
 from ..model.config import NLDConfig
+from ..model.forward import final_logits, forward, forward_hidden
 
 
 @struct.dataclass
@@ -41,15 +47,106 @@ def positions_from(start: Int[Array, "B"], width: int) -> Int[Array, "B Q"]:
     return start[:, None] + jnp.arange(width, dtype=jnp.int32)[None, :]
 
 
+PREFILL_CHUNK = 512
+# Budget of one chunk's float32 attention scores [B, Hq, chunk, T] (XLA keeps about three such
+# buffers alive: scores, their exponentials, the probabilities).
+PREFILL_SCORE_BYTES = 2**29
+
+
+def auto_chunk(cfg: NLDConfig, batch: int, cache_len: int, chunk: int = PREFILL_CHUNK,
+               score_bytes: int = PREFILL_SCORE_BYTES) -> int:
+    """The largest power of two <= ``chunk`` whose float32 scores fit ``score_bytes`` (at least 16)."""
+    per_query = 4 * batch * cfg.num_heads * cache_len
+    c = 16
+    while c * 2 <= chunk and c * 2 * per_query <= score_bytes:
+        c *= 2
+    return min(c, chunk)
+
+
+def chunk_starts(width: int, chunk: int) -> tuple[int, int]:
+    """``(chunk length, number of chunks)`` for a ``width``-token prompt.
+
+    The chunk is ``min(chunk, width)``; when it does not divide ``width`` the last chunk starts
+    at ``width - chunk`` and recomputes a few positions (same tokens, same prefix: the same
+    K/V), so nothing is written past the prompt and no padding is needed.
+    """
+    if chunk < 1:
+        raise ValueError(f"prefill chunk must be >= 1, got {chunk}")
+    c = min(chunk, width)
+    return c, -(-width // c)
+
+
 def prefill(
-    params, cfg: NLDConfig, prompt: Int[Array, "B P"], prompt_len: Int[Array, "B"], cache: KVCache, lora=0.0
+    params,
+    cfg: NLDConfig,
+    prompt: Int[Array, "B P"],
+    prompt_len: Int[Array, "B"],
+    cache: KVCache,
+    lora=0.0,
+    *,
+    chunk: int | None = None,
 ) -> tuple[Float[Array, "B V"], KVCache]:
-    """Causal prefill of right-padded prompts; returns each row's last-prompt-token logits."""
+    """Causal prefill of right-padded prompts; returns each row's last-prompt-token logits.
+
+    Runs in chunks of ``chunk`` tokens (static; None = :func:`auto_chunk`: up to
+    :data:`PREFILL_CHUNK`, smaller where a chunk's attention scores would pass
+    :data:`PREFILL_SCORE_BYTES`); the cache gets every prompt slot's K/V and the length
+    ``prompt_len``. Only the rows' last hidden states see the norm and the head.
+    """
     b, p = prompt.shape
-    zero = jnp.zeros((b,), jnp.int32)
-    logits, cache = forward(params, cfg, prompt, positions_from(zero, p), masks.causal(zero, p, b), cache, lora)
-    last = jnp.take_along_axis(logits, (prompt_len - 1)[:, None, None], axis=1)[:, 0]
-    return last, cache.with_length(prompt_len)
+    if chunk is None:
+        chunk = auto_chunk(cfg, b, cache.k.shape[3])
+    c, n = chunk_starts(p, chunk)
+    last = jnp.asarray(prompt_len, jnp.int32) - 1
+
+    def run_chunk(start, cache):
+        tokens = jax.lax.dynamic_slice_in_dim(prompt, start, c, axis=1)
+        s = jnp.broadcast_to(start, (b,)).astype(jnp.int32)
+        hidden, cache = forward_hidden(params, cfg, tokens, positions_from(s, c), masks.causal(s, c, b), cache, lora)
+        h = jnp.take_along_axis(hidden, jnp.clip(last - start, 0, c - 1)[:, None, None], axis=1)[:, 0]
+        mine = (last >= start) & (last < start + c)
+        return h, mine, cache
+
+    if n == 1:
+        h, _, cache = run_chunk(jnp.int32(0), cache)
+    else:
+
+        def body(i, carry):
+            h_keep, cache = carry
+            start = jnp.minimum(i * c, p - c).astype(jnp.int32)
+            h, mine, cache = run_chunk(start, cache)
+            return jnp.where(mine[:, None], h, h_keep), cache
+
+        h0 = jnp.zeros((b, cfg.hidden_size), jnp.dtype(cfg.dtype))
+        h, cache = jax.lax.fori_loop(0, n, body, (h0, cache))
+    return final_logits(params, cfg, h), cache.with_length(prompt_len)
+
+
+def prefill_with_window(
+    params,
+    cfg: NLDConfig,
+    prompt: Int[Array, "B P"],
+    prompt_len: Int[Array, "B"],
+    cache: KVCache,
+    window: Int[Array, "B W"],
+    *,
+    lora=0.0,
+    chunk: int | None = None,
+) -> tuple[Float[Array, "B V"], Float[Array, "B W V"], KVCache]:
+    """The "default" mask of quadratic speculation's bootstrap, in chunks.
+
+    ``[prompt, window]`` under ``masks.mixed`` (prompt causal, the window's tokens see the
+    prompt and the whole window) equals a causal prefill of the prompt followed by one
+    bidirectional forward of the window at ``prompt_len`` (the prompt's K/V never see the
+    window, and each row's window sits right after its own prompt). Returns the last
+    prompt logits, the window logits and the cache with the length ``prompt_len`` (the
+    window's K/V are written past it, as the one-shot bootstrap leaves them).
+    """
+    b, w = window.shape
+    last, cache = prefill(params, cfg, prompt, prompt_len, cache, lora, chunk=chunk)
+    pl = cache.length
+    logits, cache = forward(params, cfg, window, positions_from(pl, w), masks.bidirectional(pl, w, b), cache, lora)
+    return last, logits, cache.with_length(prompt_len)
 
 
 def pad_prompts(prompts: list[list[int]], pad_id: int, bucket: int = 16) -> tuple[jax.Array, jax.Array]:

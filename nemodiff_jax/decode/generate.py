@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import unmask
+from . import sampling, unmask
+from ..model import sharding
 from ..model.forward import Model
 from .knobs import Knobs, LoopSpec, cache_needed
 
@@ -91,7 +92,7 @@ def _as_id_lists(model: Model, prompts: Any) -> list[list[int]]:
         prompts = arr.tolist()
     if not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise ValueError("prompts must be a string, a list of token ids, or a non-empty list of either")
-    if all(isinstance(t, (int, np.integer)) for t in prompts):
+    if all(isinstance(t, (int, float, np.number, np.bool_)) for t in prompts):
         prompts = [prompts]
     rows = []
     for p in prompts:
@@ -99,6 +100,12 @@ def _as_id_lists(model: Model, prompts: Any) -> list[list[int]]:
             if model.tokenizer is None:
                 raise ValueError("string prompts need a model with a tokenizer (model.tokenizer is None)")
             p = model.tokenizer.encode(p)
+        if isinstance(p, (np.ndarray, jax.Array)):
+            p = np.asarray(p).tolist() if np.issubdtype(np.asarray(p).dtype, np.integer) else list(np.asarray(p))
+        bad_type = [t for t in p if isinstance(t, bool) or not isinstance(t, (int, np.integer))]
+        if bad_type:
+            raise ValueError(f"prompts: token ids must be integers, got {bad_type[0]!r} "
+                             f"({type(bad_type[0]).__name__})")
         p = [int(t) for t in p]
         if not p:
             raise ValueError("prompts: every prompt must hold at least one token")
@@ -131,56 +138,85 @@ def _per_row(name: str, value, n: int) -> list:
 def _check_knobs(cfg, mode, max_new_tokens, block_length, policy, max_thinking_tokens, end_think_token_id, rows):
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+    if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if not isinstance(block_length, (int, np.integer)) or block_length < 1:
+    if not isinstance(block_length, (int, np.integer)) or isinstance(block_length, bool) or block_length < 1:
         raise ValueError(f"block_length must be a positive integer, got {block_length!r}")
     if mode == "diffusion" and max_new_tokens % block_length:
         raise ValueError(
             f"block_length ({block_length}) must divide max_new_tokens ({max_new_tokens}) in {mode} mode"
         )
-    for threshold in rows["threshold"]:
-        if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
     if len({t is None for t in rows["threshold"]}) > 1:
         raise ValueError("threshold: None (the quota schedule) cannot be mixed with per-prompt values")
+    for threshold in rows["threshold"]:
+        if threshold is not None and (_not_number(threshold) or not 0.0 <= float(threshold) <= 1.0):
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
     for temperature in rows["temperature"]:
-        if float(temperature) < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if _not_number(temperature) or not 0 <= float(temperature) < float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if mode == "quadratic_spec" and float(temperature) != 0:
             raise ValueError(f"temperature must be 0 in quadratic_spec mode (it is greedy), got {temperature}")
     for top_k in rows["top_k"]:
-        if not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     for top_p in rows["top_p"]:
-        if not 0.0 < float(top_p) <= 1.0:
+        if _not_number(top_p) or not 0.0 < float(top_p) <= 1.0:
             raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     if mode == "diffusion":
         unmask.get(policy)
     if max_thinking_tokens is not None:
-        if max_thinking_tokens < 0:
-            raise ValueError(f"max_thinking_tokens must be >= 0 or None, got {max_thinking_tokens}")
+        if not isinstance(max_thinking_tokens, (int, np.integer)) or not 0 <= max_thinking_tokens < 2**31:
+            raise ValueError(f"max_thinking_tokens must be an integer in [0, 2**31) or None, got {max_thinking_tokens!r}")
         if end_think_token_id is None:
             raise ValueError("end_think_token_id is required when max_thinking_tokens is set")
-    if end_think_token_id is not None and not 0 <= end_think_token_id < cfg.vocab_size:
+    if end_think_token_id is not None and (not isinstance(end_think_token_id, (int, np.integer))
+                                           or not 0 <= end_think_token_id < cfg.vocab_size):
         raise ValueError(f"end_think_token_id {end_think_token_id} outside the vocabulary [0, {cfg.vocab_size})")
 
 
-def _keys(seed, n: int) -> np.ndarray:
-    """Row seeds ``[n, 2]`` for the engine (:func:`~nemodiff_jax.decode.engine.row_keys`): prompt
-    i samples with ``fold_in(key(seed), i)`` for one int seed, else with ``key(seed[i])``."""
+def _not_number(x) -> bool:
+    """True for anything but a real int/float (bools and strings included)."""
+    return isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating))
+
+
+SEED_RANGE = (-(2**31), 2**64)
+
+
+def _check_seed(x, what: str = "seed") -> int:
+    if not isinstance(x, (int, np.integer)) or isinstance(x, bool):
+        raise ValueError(f"{what} must be an int or a list of ints (one per prompt), got {x!r}")
+    if not SEED_RANGE[0] <= int(x) < SEED_RANGE[1]:
+        raise ValueError(f"{what} must lie in [-2**31, 2**64), got {x}")
+    return int(x)
+
+
+def _key64(seed: int):
+    """A key per seed: ``key(seed)`` below 2**32 (as always), else ``key(low word)`` folded with
+    the high word, so all 64 bits count (0, 2**32 and 2**40 give three different streams)."""
+    if seed < 2**32:
+        return jax.random.key(seed)
+    return jax.random.fold_in(jax.random.key(seed & 0xFFFFFFFF), seed >> 32)
+
+
+def _keys(seed, n: int):
+    """A single key (int seed) or ``n`` row keys (one seed per prompt)."""
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        if not 0 <= int(seed) < 2**32:
-            raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-        return np.stack([np.full(n, int(seed), np.int64), np.arange(n)], 1).astype(np.uint32).view(np.int32)
+        return _key64(_check_seed(seed))
     seeds = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else None
-    if seeds is None or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in seeds):
+    if seeds is None:
         raise ValueError(f"seed must be an int or a list of ints (one per prompt), got {seed!r}")
+    seeds = [_check_seed(x, "seed: per-prompt seeds") for x in seeds]
     if len(seeds) != n:
         raise ValueError(f"seed: got {len(seeds)} seeds for {n} prompts; give one per prompt or a single int")
-    if not all(0 <= int(x) < 2**32 for x in seeds):
-        raise ValueError(f"seed: per-prompt seeds must be in [0, 2**32), got {seeds}")
-    return np.stack([np.asarray(seeds, np.uint32), np.full(n, 2**32 - 1, np.uint32)], 1).view(np.int32)
+    if any(x < 0 for x in seeds):
+        raise ValueError(f"seed: per-prompt seeds must be in [0, 2**64), got {seeds}")
+    low = jax.vmap(jax.random.key)(jnp.asarray([x & 0xFFFFFFFF for x in seeds], jnp.uint32))
+    high = np.asarray([x >> 32 for x in seeds], np.uint32)
+    if not high.any():
+        return low
+    folded = jax.vmap(jax.random.fold_in)(low, jnp.asarray(high))
+    data = jnp.where(jnp.asarray(high != 0)[:, None], jax.random.key_data(folded), jax.random.key_data(low))
+    return jax.random.wrap_key_data(data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +226,7 @@ class Prepared:
     spec: LoopSpec
     queue: Any
     rows: list
+    mesh: Any = None
 
 
 def prepare(model: Model, prompts, *, mode: str = "ar", max_new_tokens: int = 128, block_length: int | None = None,
@@ -205,6 +242,11 @@ def prepare(model: Model, prompts, *, mode: str = "ar", max_new_tokens: int = 12
     if block_length is None:
         block_length = cfg.block_size
     policy_params = dict(policy_params or {})
+    for name in ("gamma", "ar_mix_weight"):
+        given = policy_params.get(name, 0.0)
+        for v in (list(given) if isinstance(given, (list, tuple, np.ndarray)) else [given]):
+            if _not_number(v) or not np.isfinite(v):
+                raise ValueError(f"policy_params[{name!r}] must be a finite number, got {v!r}")
     rows = _as_id_lists(model, prompts)
     n = len(rows)
     per = {k: _per_row(k, v, n) for k, v in
@@ -254,7 +296,7 @@ def prepare(model: Model, prompts, *, mode: str = "ar", max_new_tokens: int = 12
                     policy=name if mode == "diffusion" else "threshold", slots=min(batch_size or n, n))
     knobs = Knobs.make(
         n, max_new_tokens=max_new_tokens, temperature=np.asarray(per["temperature"], np.float32),
-        top_k=np.asarray(per["top_k"], np.int32), top_p=np.asarray(per["top_p"], np.float32),
+        top_k=np.minimum(np.asarray(per["top_k"], np.int64), cfg.vocab_size).astype(np.int32), top_p=np.asarray(per["top_p"], np.float32),
         threshold=np.asarray([0.0 if t is None else t for t in per["threshold"]], np.float32),
         gamma=np.asarray(_per_row("gamma", policy_params.get("gamma", 1.0), n), np.float32),
         lora=1.0 if lora else 0.0,
@@ -265,9 +307,14 @@ def prepare(model: Model, prompts, *, mode: str = "ar", max_new_tokens: int = 12
     prompt = np.full((n, width), cfg.pad_token_id, np.int32)
     for i, r in enumerate(rows):
         prompt[i, : len(r)] = r
-    queue = Queue(prompt=jnp.asarray(prompt), prompt_len=jnp.asarray([len(r) for r in rows], jnp.int32),
-                  keys=_keys(seed, n), knobs=knobs)
-    return Prepared(spec, queue, rows)
+    key = _keys(seed, n)
+    if key.shape == ():  # one int seed: prompt i folds in i
+        key = sampling.row_keys(key, n)
+    mesh = sharding.mesh_of(model.params)  # sharded model: rows over "data" (issue 13)
+    prompt, prompt_len, key = (sharding.place_rows(x, mesh) for x in
+                               (jnp.asarray(prompt), jnp.asarray([len(r) for r in rows], jnp.int32), key))
+    queue = Queue(prompt=prompt, prompt_len=prompt_len, keys=key, knobs=knobs)
+    return Prepared(spec, queue, rows, mesh)
 
 
 def _result(model: Model, rows, out, wall: float, mode: str) -> GenerateResult:
@@ -280,6 +327,7 @@ def _result(model: Model, rows, out, wall: float, mode: str) -> GenerateResult:
     return GenerateResult(tokens, nfe_l, tpf, stats, wall, mode, texts)
 
 
+@sharding.under_params_mesh
 def generate(model: Model, prompts, **kwargs) -> GenerateResult:
     """Generate continuations of ``prompts`` (strings need ``model.tokenizer``; or lists of ids).
 
@@ -307,7 +355,8 @@ def generate(model: Model, prompts, **kwargs) -> GenerateResult:
 
     p = prepare(model, prompts, **kwargs)
     t0 = time.perf_counter()
-    out = jax.block_until_ready(decode(model.params, model.config, p.queue, spec=p.spec))
+    out = decode(model.params, model.config, p.queue, spec=p.spec)
+    out = jax.block_until_ready(sharding.replicated(out, p.mesh))
     return _result(model, p.rows, out, time.perf_counter() - t0, p.spec.mode)
 
 

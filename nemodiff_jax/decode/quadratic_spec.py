@@ -39,6 +39,7 @@ from ..model import masks
 from . import sampling
 from ..model.forward import forward
 from ..model.cache import KVCache
+from .common import prefill_with_window
 from .knobs import Knobs, LoopSpec
 from .rows import Rows, commit, crop, finish, fresh, record_cycle, spec_stats
 
@@ -50,22 +51,14 @@ def quadratic_cache_len(prompt_width: int, out_len: int, block_length: int) -> i
 
 def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -> Rows:
     """The bootstrap forward (NFE 1): prompt causal, each row's B masks bidirectional after it."""
-    b, p = prompt.shape
+    b = prompt.shape[0]
     bk, m = spec.block_length, cfg.mask_token_id
-    width = p + bk
-    idx = jnp.arange(width, dtype=jnp.int32)[None, :]
-    pl = prompt_len[:, None]
-    padded = jnp.concatenate([prompt, jnp.full((b, bk), cfg.pad_token_id, jnp.int32)], axis=1)
-    tokens = jnp.where(idx < pl, padded, jnp.where(idx < pl + bk, m, cfg.pad_token_id))
-    positions = jnp.broadcast_to(idx, (b, width))
-    policy = masks.mixed(jnp.zeros((b,), jnp.int32), prompt_len, prompt_len + bk, b)
+    # [prompt, M x B] under the mixed mask, as a chunked causal prefill + one window forward.
     cache = KVCache.init(cfg, b, spec.cache_len, jnp.dtype(cfg.dtype))
-    logits, cache = forward(params, cfg, tokens, positions, policy, cache, 0.0)
-    cache = cache.with_length(prompt_len)
+    masks_win = jnp.full((b, bk), m, jnp.int32)
+    last, mask_logits, cache = prefill_with_window(params, cfg, prompt, prompt_len, cache, masks_win)
     # d_0 from the last prompt slot (AR); d_j from mask j at prompt_len + j (no shift).
-    src = pl + jnp.arange(bk, dtype=jnp.int32)[None, :]
-    src = src.at[:, 0].set(prompt_len - 1)
-    draft = sampling.greedy(jnp.take_along_axis(logits, src[..., None], axis=1), m)
+    draft = sampling.greedy(jnp.concatenate([last[:, None], mask_logits[:, 1:]], axis=1), m)
     draft = draft.at[:, 0].set(jnp.where(kn.thinking & (kn.budget == 0), kn.end_think, draft[:, 0]))
     r = fresh(b, spec.out_len, cfg.pad_token_id, keys, cache, {"draft": draft, **spec_stats(b, spec.out_len, bk)},
               nfe=1)

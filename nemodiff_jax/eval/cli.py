@@ -12,6 +12,15 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from .. import guard
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line (a ValueError: ``nemodiff`` prints it and exits with status 2)."""
+
+    def error(self, message):
+        raise ValueError(f"{message} (see `{self.prog} --help`)")
+
 
 def _csv(cast=str):
     def parse(s: str):
@@ -61,7 +70,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     """``nemodiff eval --model M --tasks T --modes ar,diffusion,... --batch-size N [knobs] --out DIR``."""
     from .runner import evaluate
 
-    p = argparse.ArgumentParser(prog="nemodiff eval", description="Batched jitted evaluation of every decoding mode.")
+    p = Parser(prog="nemodiff eval", description="Batched jitted evaluation of every decoding mode.")
     _common(p, "runs/eval")
     p.add_argument("--modes", type=_csv(), default=("ar", "diffusion", "linear_spec", "quadratic_spec"),
                    help="comma list; a mode may carry knobs: 'diffusion:threshold=0.7;block_length=16' (';' inside)")
@@ -80,6 +89,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--end-think-token-id", type=int, default=None)
     p.add_argument("--no-warmup", action="store_true", help="time the first (compiling) batch too")
     args = p.parse_args(argv)
+    guard.writable_dir(args.out)
     model = _load(args)
     knobs = dict(
         max_new_tokens=args.max_new_tokens, seed=args.seed, block_length=args.block_length, threshold=args.threshold,
@@ -99,9 +109,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
 def sweep_main(argv: Sequence[str] | None = None) -> int:
     """``nemodiff sweep --policies ... --thresholds ... --block-lengths ... --temperatures ... --lora off,on``."""
-    from .sweep import SweepGrid, run_sweep
+    from .sweep import SweepGrid, check_grid, run_sweep
 
-    p = argparse.ArgumentParser(prog="nemodiff sweep", description="Diffusion sampler grid: accuracy vs TPF, Pareto front.")
+    p = Parser(prog="nemodiff sweep", description="Diffusion sampler grid: accuracy vs TPF, Pareto front.")
     _common(p, "runs/sweep")
     p.add_argument("--policies", type=_csv(), default=("threshold", "quota"))
     p.add_argument("--thresholds", type=_csv(float), default=(0.5, 0.7, 0.9))
@@ -129,12 +139,19 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         saved = json.loads(Path(args.from_json).read_text())
         res = SweepResult(saved["config"], saved["rows"])
         return _write_sweep(res, args)
-    model = _load(args)
     grid = SweepGrid(tuple(args.policies), tuple(args.thresholds), tuple(args.block_lengths),
                      tuple(args.temperatures), tuple(args.lora), tuple(args.gammas))
-    res = run_sweep(model, _tasks(args), grid, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                    seed=args.seed, baselines=tuple(args.baselines), fuse=not args.no_fuse, warmup=not args.no_warmup,
-                    oracle=args.oracle, progress=not args.no_progress, title=args.title)
+    check_grid(grid, args.batch_size, args.max_new_tokens)  # before the model loads
+    guard.writable_dir(args.out)
+    model = _load(args)
+    try:
+        res = run_sweep(model, _tasks(args), grid, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                        seed=args.seed, baselines=tuple(args.baselines), fuse=not args.no_fuse,
+                        warmup=not args.no_warmup, oracle=args.oracle, progress=not args.no_progress, title=args.title)
+    except guard.Interrupted as e:  # the rows finished so far, marked partial (no plot)
+        e.result.write(args.out, plot=False)
+        e.partial = args.out
+        raise
     return _write_sweep(res, args)
 
 
@@ -154,8 +171,9 @@ def _write_sweep(res, args) -> int:
 def oracle_main(argv: Sequence[str] | None = None) -> int:
     """``nemodiff oracle --block-length 8 --thresholds 0.9``: SOL TPF beside threshold sampling."""
     from .oracle_report import oracle_report
+    from .oracle import check_oracle_args
 
-    p = argparse.ArgumentParser(prog="nemodiff oracle", description="Speed-of-light TPF (docs/ALGORITHMS.md, 'Speed of light') vs threshold sampling.")
+    p = Parser(prog="nemodiff oracle", description="Speed-of-light TPF (docs/ALGORITHMS.md, 'Speed of light') vs threshold sampling.")
     _common(p, "runs/oracle")
     p.set_defaults(n=2)
     p.add_argument("--block-length", type=int, default=8)
@@ -165,6 +183,8 @@ def oracle_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=2048, help="canvas forwards per block")
     p.add_argument("--lora", type=_bool, default=False, help="draft LoRA in the denoise passes (default off)")
     args = p.parse_args(argv)
+    check_oracle_args(args.block_length, args.thresholds, args.beam, args.budget)
+    guard.writable_dir(args.out)
     model = _load(args)
     rep = oracle_report(model, _tasks(args), block_length=args.block_length, max_new_tokens=args.max_new_tokens,
                         thresholds=tuple(args.thresholds), mode=args.search, beam=args.beam, budget=args.budget,

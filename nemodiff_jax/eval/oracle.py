@@ -286,6 +286,22 @@ class OracleResult:
         return sum(b.forwards for b in self.blocks)
 
 
+def check_oracle_args(block_length, thresholds=(), beam=None, budget: int = 2048) -> None:
+    """One ValueError for the oracle knobs that mean nothing (block 0, beam 0, a negative budget)."""
+    def whole(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not whole(block_length) or block_length < 1:
+        raise ValueError(f"block length must be an integer >= 1, got {block_length!r}")
+    if beam is not None and (not whole(beam) or beam < 1):
+        raise ValueError(f"beam must be an integer >= 1, got {beam!r}")
+    if not whole(budget) or budget < 1:
+        raise ValueError(f"budget must be an integer >= 1 (canvas forwards per block), got {budget!r}")
+    for t in thresholds:
+        if not 0.0 <= float(t) <= 1.0:
+            raise ValueError(f"thresholds must be in [0, 1], got {t!r}")
+
+
 def sol_oracle(
     model,
     prompt_ids: Sequence[int],
@@ -306,6 +322,7 @@ def sol_oracle(
     one call); ``lora``: the draft LoRA in the denoise passes (off by default, as in the
     reference diffusion decoder). The thinking budget is not modelled.
     """
+    check_oracle_args(block_length, (), beam, budget)
     cfg, params = model.config, model.params
     mask_id, eos_id = cfg.mask_token_id, cfg.eos_token_id
     bl = block_length

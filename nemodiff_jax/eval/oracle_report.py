@@ -61,6 +61,9 @@ def oracle_report(
 ) -> OracleReport:
     """SOL TPF vs threshold sampling TPF for each example (module docstring); ``lora``: the draft
     LoRA in every denoise pass of all three (off by default, as in the reference decoder)."""
+    from .oracle import check_oracle_args
+
+    check_oracle_args(block_length, thresholds, beam, budget)
     examples = list(tasks) if not isinstance(tasks, str) and tasks and isinstance(tasks[0], Example) else load_tasks(tasks, n=n)
     codec = Codec.for_model(model)
     mnt = max(max_new_tokens // block_length, 1) * block_length

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
+
+from ..guard import atomic_write_text
 
 
 def _clean(x):
@@ -25,8 +28,7 @@ def _clean(x):
 def write_json(obj: Any, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(obj), indent=1) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(_clean(obj), indent=1, allow_nan=False) + "\n")
 
 
 def write_csv(rows: Sequence[dict], path, columns: Sequence[str] | None = None) -> Path:
@@ -35,21 +37,18 @@ def write_csv(rows: Sequence[dict], path, columns: Sequence[str] | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     if columns is None:
         columns = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else _clean(r.get(k))) for k in columns})
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else _clean(r.get(k))) for k in columns})
+    return atomic_write_text(path, buf.getvalue())
 
 
 def write_jsonl(rows: Sequence[dict], path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(_clean(r)) + "\n")
-    return path
+    return atomic_write_text(path, "".join(json.dumps(_clean(r), allow_nan=False) + "\n" for r in rows))
 
 
 def write_eval(results, out_dir) -> dict[str, str]:

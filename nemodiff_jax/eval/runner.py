@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import guard
 from ..decode.generate import MODES, generate, prompt_bucket
 from . import scorers
 from .codec import Codec
@@ -171,50 +172,69 @@ def evaluate(
     compiles: dict[str, int] = {}
     compile_time: dict[str, float] = {}
     total = len(parsed) * len(examples)
-    with progress_bar(total, enabled=progress) as bar:
-        for label, mode, inline in parsed:
-            kw = mode_kwargs(mode, {**knobs, **inline}, model.config.block_size)
-            seen_shapes: set[int] = set()
-            correct = done = 0
-            with CompileCounter() as cc:
-                for batch in batches:
-                    rows = [ids[i] for i in batch]
-                    rows = rows + [rows[-1]] * (batch_size - len(rows))
-                    shape = prompt_bucket(max(len(r) for r in rows))
-                    if warmup and shape not in seen_shapes:
-                        t0 = time.perf_counter()
-                        generate(model, rows, mode=mode, **kw)
-                        compile_time[label] = compile_time.get(label, 0.0) + time.perf_counter() - t0
-                    seen_shapes.add(shape)
-                    res = generate(model, rows, mode=mode, **kw)
-                    share = res.wall_time / len(batch)
-                    for r, i in enumerate(batch):
-                        ex = examples[i]
-                        pred = codec.decode(res.tokens[r])
-                        ok = bool(scorers.get(ex.scorer)(pred, ex.answer))
-                        correct += ok
-                        done += 1
-                        samples.append(
-                            dict(
-                                mode=label, task=ex.task, index=i, prompt=ex.prompt, answer=ex.answer,
-                                prediction=pred, correct=ok, similarity=scorers.similarity(pred, ex.answer),
-                                scorer=ex.scorer, tokens=len(res.tokens[r]),
-                                nfe=res.nfe[r], tpf=res.tpf[r], acceptance_length=_acceptance(res.stats, r),
-                                wall_time=share,
-                            )
-                        )
-                    bar.advance(len(batch), f"{label}  acc {correct / max(done, 1):.3f}")
-            compiles[label] = cc.count
-    samples.sort(key=lambda s: ([p[0] for p in parsed].index(s["mode"]), s["index"]))
-    metrics = summarize(samples, [p[0] for p in parsed], compile_time)
     config = dict(
         model=getattr(model, "path", None), modes=list(modes), batch_size=batch_size, n_examples=len(examples),
         tasks=sorted({ex.task for ex in examples}), knobs={k: v for k, v in knobs.items()}, warmup=warmup,
     )
-    results = EvalResults(config, metrics, samples, compiles)
+    try:
+        with guard.deferred(), progress_bar(total, enabled=progress) as bar:
+            _run_modes(model, parsed, knobs, batches, ids, examples, codec, batch_size, warmup, bar, samples,
+                       compiles, compile_time)
+    except guard.Interrupted as e:  # keep the rows finished so far, marked partial
+        if out_dir is not None:
+            _finish(samples, parsed, compile_time, {**config, "partial": True}, compiles).write(out_dir)
+            e.partial = str(out_dir)
+        raise
+    results = _finish(samples, parsed, compile_time, {**config, "partial": False}, compiles)
     if out_dir is not None:
         results.write(out_dir)
     return results
+
+
+def _finish(samples, parsed, compile_time, config, compiles) -> EvalResults:
+    samples = sorted(samples, key=lambda s: ([p[0] for p in parsed].index(s["mode"]), s["index"]))
+    metrics = summarize(samples, [p[0] for p in parsed], compile_time)
+    return EvalResults(config, metrics, samples, dict(compiles))
+
+
+def _run_modes(model, parsed, knobs, batches, ids, examples, codec, batch_size, warmup, bar, samples, compiles,
+               compile_time) -> None:
+    """Every mode over every batch, appending to ``samples``; a signal stops it between batches."""
+    for label, mode, inline in parsed:
+        kw = mode_kwargs(mode, {**knobs, **inline}, model.config.block_size)
+        seen_shapes: set[int] = set()
+        correct = done = 0
+        with CompileCounter() as cc:
+            for batch in batches:
+                rows = [ids[i] for i in batch]
+                rows = rows + [rows[-1]] * (batch_size - len(rows))
+                shape = prompt_bucket(max(len(r) for r in rows))
+                if warmup and shape not in seen_shapes:
+                    t0 = time.perf_counter()
+                    generate(model, rows, mode=mode, **kw)
+                    compile_time[label] = compile_time.get(label, 0.0) + time.perf_counter() - t0
+                seen_shapes.add(shape)
+                res = generate(model, rows, mode=mode, **kw)
+                share = res.wall_time / len(batch)
+                for r, i in enumerate(batch):
+                    ex = examples[i]
+                    pred = codec.decode(res.tokens[r])
+                    ok = bool(scorers.get(ex.scorer)(pred, ex.answer))
+                    correct += ok
+                    done += 1
+                    samples.append(
+                        dict(
+                            mode=label, task=ex.task, index=i, prompt=ex.prompt, answer=ex.answer,
+                            prediction=pred, correct=ok, similarity=scorers.similarity(pred, ex.answer),
+                            scorer=ex.scorer, tokens=len(res.tokens[r]),
+                            nfe=res.nfe[r], tpf=res.tpf[r], acceptance_length=_acceptance(res.stats, r),
+                            wall_time=share,
+                        )
+                    )
+                bar.advance(len(batch), f"{label}  acc {correct / max(done, 1):.3f}")
+                compiles[label] = cc.so_far
+                guard.check()
+        compiles[label] = cc.count
 
 
 def _is_examples(tasks) -> bool:

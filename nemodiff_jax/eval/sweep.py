@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..decode.generate import prompt_bucket
+from .. import guard
+from ..decode.generate import out_bucket, prompt_bucket
 from . import scorers
 from .codec import Codec
 from .compiles import CompileCounter
@@ -97,7 +98,7 @@ class SweepResult:
 ROW_FIELDS = (
     "kind", "mode", "policy", "threshold", "gamma", "block_length", "temperature", "lora",
     "n", "accuracy", "similarity", "tpf", "nfe_mean", "tokens_mean", "tpf_row_mean", "acceptance_length",
-    "tokens_per_s", "wall_time", "compiles", "fused", "pareto",
+    "tokens_per_s", "wall_time", "compiles", "fused", "pareto", "partial",
 )
 
 
@@ -137,6 +138,7 @@ def run_sweep(
     ``oracle``: also compute the speed-of-light TPF of each block length (its accuracy is the
     serial reference's, the output it reproduces); oracle rows are never on the Pareto front.
     """
+    check_grid(grid, batch_size, max_new_tokens)
     examples = list(tasks) if not isinstance(tasks, str) and tasks and isinstance(tasks[0], Example) else load_tasks(tasks, n=n)
     if any(grid.loras) and not model.has_lora:
         raise ValueError("the grid asks for lora=True but the model has no draft LoRA")
@@ -146,13 +148,88 @@ def run_sweep(
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     rows_out: list[dict[str, Any]] = []
     compiled: set[tuple] = set()
+    config = dict(
+        model=getattr(model, "path", None), grid=dataclasses.asdict(grid), batch_size=batch_size,
+        max_new_tokens=max_new_tokens, n_examples=len(examples), tasks=sorted({e.task for e in examples}),
+        baselines=list(baselines), fuse=fuse, oracle=oracle, title=title, partial=False,
+    )
+    current: list = []  # the group in flight: rows of its finished batches, kept on an interrupt
+    try:
+        with guard.deferred():
+            _grid_rows(model, grid, examples, ids, codec, batches, batch_size, max_new_tokens, seed, fuse, warmup,
+                       progress, compiled, rows_out, current)
+            for spec in baselines:
+                rows_out.append(_baseline_row(model, examples, spec, batch_size, max_new_tokens, seed, warmup))
+                guard.check()
+            if oracle:
+                rows_out.extend(_oracle_rows(model, examples, ids, sorted(set(grid.block_lengths)), max_new_tokens,
+                                             oracle_kwargs or {}))
+    except guard.Interrupted as e:
+        rows_out.extend(current)
+        e.result = _finish_sweep({**config, "partial": True}, rows_out)
+        if out_dir is not None:
+            e.result.write(out_dir, plot=False)
+            e.partial = str(out_dir)
+        raise
+    result = _finish_sweep(config, rows_out)
+    if out_dir is not None:
+        result.write(out_dir)
+    return result
 
+
+def check_grid(grid: SweepGrid, batch_size: int, max_new_tokens: int) -> None:
+    """The knobs ``generate`` would reject are rejected here too, before any row runs."""
+    def bad(name, values, ok, want):
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not ok(v):
+                raise ValueError(f"{name} must be {want}, got {v!r}")
+
+    bad("thresholds", grid.thresholds, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+    bad("temperatures", grid.temperatures, lambda v: 0.0 <= v < float("inf"), "finite numbers >= 0")
+    bad("gammas", grid.gammas, lambda v: np.isfinite(v), "finite numbers")
+    bad("block lengths", grid.block_lengths, lambda v: v >= 1 and float(v).is_integer(), "integers >= 1")
+    if not grid.policies or not grid.block_lengths or not grid.temperatures or not grid.loras:
+        raise ValueError("the sweep grid is empty: give at least one policy, block length, temperature and lora")
+    from ..decode import unmask
+
+    for policy in grid.policies:
+        unmask.get(policy)
+    bad("batch size", [batch_size], lambda v: v >= 1 and float(v).is_integer(), "an integer >= 1")
+    bad("max new tokens", [max_new_tokens], lambda v: v >= 1 and float(v).is_integer(), "an integer >= 1")
+
+
+def _finish_sweep(config: dict, rows_out: list[dict]) -> "SweepResult":
+    ranked = [r for r in rows_out if r["kind"] != "oracle"]
+    flags = pareto_front([(r["accuracy"], r["tpf"]) for r in ranked])
+    for r, f in zip(ranked, flags):
+        r["pareto"] = f
+    for r in rows_out:
+        r.setdefault("pareto", False)
+        r.setdefault("partial", False)
+    return SweepResult(config, rows_out)
+
+
+def _baseline_row(model, examples, spec, batch_size, max_new_tokens, seed, warmup) -> dict:
+    res = evaluate(model, examples, modes=(spec,), batch_size=batch_size, max_new_tokens=max_new_tokens,
+                   seed=seed, warmup=warmup, progress=False)
+    m = res.metric(spec)
+    mode = spec.partition(":")[0]
+    return dict(kind="baseline", mode=spec, policy=mode, threshold=None, gamma=None,
+                block_length=None if mode == "ar" else model.config.block_size, temperature=0.0,
+                lora=None, **{k: m[k] for k in m if k not in ("mode", "task", "compile_time")},
+                compiles=res.compiles[spec], fused=False)
+
+
+def _grid_rows(model, grid, examples, ids, codec, batches, batch_size, max_new_tokens, seed, fuse, warmup, progress,
+               compiled, rows_out, current) -> None:
+    """Every grid group; ``current`` holds the rows of the group in flight (finished batches only)."""
     with progress_bar(grid.size() * len(examples), enabled=progress, description="sweep") as bar:
         for policy, bl, temp, lora, values in grid.groups():
             mnt = max(max_new_tokens // bl, 1) * bl
             per_value: list[list[dict]] = [[] for _ in values]
             calls = [[v] for v in range(len(values))] if not fuse else [list(range(len(values)))]
             for call in calls:
+                row = _sampler_row(policy, bl, temp, lora, values, per_value, call)
                 with CompileCounter() as cc:
                     for batch in batches:
                         rows = [ids[i] for i in batch]
@@ -177,44 +254,25 @@ def run_sweep(
                                                          similarity=scorers.similarity(pred, ex.answer),
                                                          wall_time=wall / len(call) / len(batch)))
                         bar.advance(len(batch) * len(call), f"{policy} block {bl} T {temp}")
-                for pos, v in enumerate(call):
-                    name, val = values[v]
-                    rows_out.append(dict(
-                        kind="sampler", mode="diffusion", policy=policy,
-                        threshold=val if name == "threshold" else None, gamma=val if name == "gamma" else None,
-                        block_length=bl, temperature=temp, lora=lora, **aggregate(per_value[v]),
-                        compiles=cc.count if pos == 0 else 0, fused=len(call) > 1,
-                    ))
+                        current[:] = [row(v, pos, cc.so_far, partial=True) for pos, v in enumerate(call)
+                                      if per_value[v]]
+                        guard.check()
+                current.clear()
+                rows_out.extend(row(v, pos, cc.count) for pos, v in enumerate(call))
 
-    for spec in baselines:
-        res = evaluate(model, examples, modes=(spec,), batch_size=batch_size, max_new_tokens=max_new_tokens,
-                       seed=seed, warmup=warmup, progress=False)
-        m = res.metric(spec)
-        mode = spec.partition(":")[0]
-        rows_out.append(dict(kind="baseline", mode=spec, policy=mode, threshold=None, gamma=None,
-                             block_length=None if mode == "ar" else model.config.block_size, temperature=0.0,
-                             lora=None, **{k: m[k] for k in m if k not in ("mode", "task", "compile_time")},
-                             compiles=res.compiles[spec], fused=False))
 
-    if oracle:
-        rows_out.extend(_oracle_rows(model, examples, ids, sorted(set(grid.block_lengths)), max_new_tokens,
-                                     oracle_kwargs or {}))
+def _sampler_row(policy, bl, temp, lora, values, per_value, call):
+    def row(v, pos, compiles, partial=False):
+        name, val = values[v]
+        out = dict(kind="sampler", mode="diffusion", policy=policy,
+                   threshold=val if name == "threshold" else None, gamma=val if name == "gamma" else None,
+                   block_length=bl, temperature=temp, lora=lora, **aggregate(per_value[v]),
+                   compiles=compiles if pos == 0 else 0, fused=len(call) > 1)
+        if partial:
+            out["partial"] = True
+        return out
 
-    ranked = [r for r in rows_out if r["kind"] != "oracle"]
-    flags = pareto_front([(r["accuracy"], r["tpf"]) for r in ranked])
-    for r, f in zip(ranked, flags):
-        r["pareto"] = f
-    for r in rows_out:
-        r.setdefault("pareto", False)
-    config = dict(
-        model=getattr(model, "path", None), grid=dataclasses.asdict(grid), batch_size=batch_size,
-        max_new_tokens=max_new_tokens, n_examples=len(examples), tasks=sorted({e.task for e in examples}),
-        baselines=list(baselines), fuse=fuse, oracle=oracle, title=title,
-    )
-    result = SweepResult(config, rows_out)
-    if out_dir is not None:
-        result.write(out_dir)
-    return result
+    return row
 
 
 def _value(v, name: str, default: float) -> float:

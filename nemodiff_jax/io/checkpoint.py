@@ -20,6 +20,8 @@ def resolve(path) -> Path:
             raise ValueError(f"the embedded model is not present at {EMBEDDED_DIR}")
         return EMBEDDED_DIR
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{p} is a file, not a model directory")
     if not p.is_dir():
         raise ValueError(f"model directory {p} does not exist")
     if not (p / "config.json").is_file():
@@ -35,24 +37,71 @@ def load_tokenizer(directory: Path, cfg: NLDConfig):
     return Tokenizer.from_dir(directory, cfg)
 
 
-def load(path: str | Path = "embedded", *, dtype: str | None = None, attention_impl: str | None = None) -> Model:
-    """Load a model: ``"embedded"``, a directory written by the port script, or an HF NLD directory."""
-    return load_model(path, dtype=dtype, attention_impl=attention_impl)
+def load(
+    path: str | Path = "embedded",
+    *,
+    dtype: str | None = None,
+    attention_impl: str | None = None,
+    mesh=None,
+    fsdp: bool = False,
+    quantize: str | None = None,
+) -> Model:
+    """Load a model: ``"embedded"``, a directory written by the port script, or an HF NLD directory.
+
+    ``mesh``: a ``jax.sharding.Mesh`` with axes ``("data", "model")`` (``nd.make_mesh("2x4")``):
+    each weight is read straight into its sharding by the rules of :mod:`nemodiff_jax.model.sharding`
+    (:mod:`.sharded`); ``fsdp`` also splits the weights' hidden dimension over ``"data"``.
+    ``quantize="int8"``: the linear kernels in int8 with per-output-channel scales
+    (:mod:`nemodiff_jax.model.quantize`), quantized leaf by leaf after reading."""
+    model = load_model(path, dtype=dtype, attention_impl=attention_impl, mesh=mesh, fsdp=fsdp)
+    if quantize is not None:
+        from ..model.quantize import quantize_model
+
+        model = quantize_model(model, quantize, fsdp=fsdp)
+    return model
 
 
-def load_model(path, dtype: str | None = None, attention_impl: str | None = None) -> Model:
+def load_model(path, dtype: str | None = None, attention_impl: str | None = None, mesh=None, fsdp: bool = False) -> Model:
 
     directory = resolve(path)
     overrides = {}
     if attention_impl is not None:
         overrides["attention_impl"] = attention_impl
-    if (directory / "params").is_dir():
+    if mesh is not None:  # each tensor read straight into its sharding
+        from .sharded import read_converted_sharded, read_hf_sharded
+
+        reader = read_converted_sharded if (directory / "params").is_dir() else read_hf_sharded
+        cfg, params = reader(directory, mesh, fsdp=fsdp, dtype=dtype, **overrides)
+    elif (directory / "params").is_dir():
         from nemodiff_jax.io.jax_format import read_converted
 
         cfg, params = read_converted(directory, dtype=dtype, **overrides)
     else:
         cfg, params = read_hf(directory, dtype=dtype, **overrides)
+    check_finite(cfg, params, str(directory))
     return Model(cfg, params, load_tokenizer(directory, cfg), str(directory))
+
+
+def check_finite(cfg: NLDConfig, params, where: str = "checkpoint") -> None:
+    """A CheckpointError naming the first tensor (HF name, layer included) holding NaN or Inf.
+
+    One reduction per leaf on the device; only a bad leaf is searched layer by layer."""
+    import jax
+
+    from .keymap import CheckpointError, get_path, hf_param_specs
+    from ..guard import nonfinite_count
+
+    leaf_ok: dict[tuple, bool] = {}
+    for spec in hf_param_specs(cfg, include_lora=cfg.lora_rank > 0):
+        leaf = get_path(params, spec.path)
+        if spec.path not in leaf_ok:
+            leaf_ok[spec.path] = bool(jax.numpy.isfinite(leaf).all())
+        if leaf_ok[spec.path]:
+            continue
+        count = nonfinite_count(leaf if spec.layer is None else leaf[spec.layer])
+        if count:
+            raise CheckpointError([f"non-finite weights: {spec.hf_name} holds {count} NaN/Inf value(s) "
+                                   "(a corrupt or diverged checkpoint; it would decode garbage)"], where)
 
 
 def read_hf(directory: Path, dtype: str | None = None, **overrides):

@@ -56,8 +56,11 @@ def open_hf(directory: str | Path, *, dtype: str | None = None, lora: str | Path
     cfg = cfg.replace(lora_rank=0, lora_alpha=0.0)  # the adapter, not config.json, says
     src = TensorSource(directory)
     problems = list(src.problems)
+    unreadable = frozenset(src.unreadable)
+    if src.unknown_unreadable:  # a corrupt file without an index: its keys are not "missing", they are unread
+        unreadable = frozenset(s.hf_name for s in hf_param_specs(cfg, include_lora=False))
     problems += check_names_and_shapes(
-        cfg, src.shapes(), include_lora=False, dtypes=src.dtypes(), unreadable=frozenset(src.unreadable)
+        cfg, src.shapes(), include_lora=False, dtypes=src.dtypes(), unreadable=unreadable
     )
     adapter_dir = find_adapter(directory) if lora is None or lora is True else (None if lora is False else Path(lora))
     if lora is True and adapter_dir is None:

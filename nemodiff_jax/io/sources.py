@@ -32,6 +32,7 @@ class TensorSource:
         self.dir = Path(directory)
         self.problems: list[str] = []
         self.unreadable: set[str] = set()  # canonical names that live in an unreadable file
+        self.unknown_unreadable = False  # an unreadable file whose names no index lists
         self._where: dict[str, tuple[Path, str]] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, str] = {}
@@ -66,6 +67,8 @@ class TensorSource:
         return sorted(self.dir.glob("pytorch_model*.bin")) + sorted(self.dir.glob("*.pt"))
 
     def _mark_unreadable(self, f: Path) -> None:
+        if not self._index:  # no index says what the file held: any missing key may be in it
+            self.unknown_unreadable = True
         self.unreadable |= {canonical_name(k) for k, v in self._index.items() if v == f.name}
 
     def _index_file(self, f: Path) -> None:

@@ -29,7 +29,10 @@ class KVCache:
     def init(cfg: NLDConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
         dtype = jnp.dtype(dtype or cfg.dtype)
         shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
+        from .sharding import CACHE_AXES, constrain  # batch over "data" under a mesh (sharding.py)
+
+        k, v = constrain(jnp.zeros(shape, dtype), CACHE_AXES), constrain(jnp.zeros(shape, dtype), CACHE_AXES)
+        return KVCache(k, v, jnp.zeros((batch,), jnp.int32))
 
     def with_length(self, length) -> "KVCache":
         """Commit or crop: only the index moves."""
@@ -62,4 +65,25 @@ def write_window(cache_kv: Float[Array, "B K T D"], window_kv: Float[Array, "B K
         raise ValueError(f"window of {q} tokens does not fit a cache of {t_max} slots")
     return jax.vmap(lambda c, w, s: jax.lax.dynamic_update_slice_in_dim(c, w.astype(c.dtype), s, axis=1))(
         cache_kv, window_kv, start
+    )
+
+
+def write_stacked(cache_kv: Float[Array, "L B K T D"], window_kv: Float[Array, "B K Q D"], layer, start: Int[Array, "B"]):
+    """Write layer ``layer``'s window K/V into the stacked cache at each row's ``start[b]``.
+
+    Only the window is written, as one scatter with unique, in-bounds indices, which XLA
+    performs in place when the cache is a loop carry or a donated buffer (a vmapped
+    ``dynamic_update_slice`` becomes a scatter XLA copies the whole cache for). Starts are
+    clamped to ``[0, T - Q]`` as ``dynamic_update_slice`` clamps them.
+    """
+    _, b, k, t_max, _ = cache_kv.shape
+    q = window_kv.shape[2]
+    if q > t_max:
+        raise ValueError(f"window of {q} tokens does not fit a cache of {t_max} slots")
+    s = jnp.clip(jnp.asarray(start, jnp.int32), 0, t_max - q)
+    rows = jnp.arange(b, dtype=jnp.int32)[:, None, None]
+    heads = jnp.arange(k, dtype=jnp.int32)[None, :, None]
+    slots = s[:, None, None] + jnp.arange(q, dtype=jnp.int32)[None, None, :]
+    return cache_kv.at[layer, rows, heads, slots].set(
+        window_kv.astype(cache_kv.dtype), unique_indices=True, indices_are_sorted=True, mode="promise_in_bounds"
     )

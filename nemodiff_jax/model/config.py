@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,18 @@ class NLDConfig:
     attention_impl: str = "xla"
 
     def __post_init__(self):
+        check_fields(self, "config")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim", "max_position_embeddings", "original_max_position_embeddings", "block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config field {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"config field {name} must be a finite number > 0, got {getattr(self, name)}")
+        for name in ("mask_token_id", "bos_token_id", "eos_token_id", "pad_token_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ValueError(f"config field {name} ({getattr(self, name)}) lies outside the vocabulary "
+                                 f"[0, {self.vocab_size})")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
@@ -90,11 +103,93 @@ class NLDConfig:
             path = path / "config.json"
         if not path.is_file():
             raise ValueError(f"no config.json at {path}")
-        return config_from_hf_dict(json.loads(path.read_text()))
+        try:
+            d = json.loads(path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        return config_from_hf_dict(d)
 
     def to_hf_dict(self) -> dict[str, Any]:
         """An HF ``config.json`` of model_type ``nemotron_labs_diffusion``."""
         return config_to_hf_dict(self)
+
+
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def _type_ok(value, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    return True
+
+
+def _describe(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def type_error(where: str, name: str, kind: str, value) -> ValueError:
+    return ValueError(f"{where} field {name!r} must be {_TYPE_NAMES.get(kind, kind)}, got {_describe(value)}")
+
+
+def check_fields(obj, where: str, values: dict | None = None) -> None:
+    """Every int/float/str/bool field of a dataclass (or of ``values``, keyed by field name) holds
+    that type (``X | None`` allows None), or one ValueError naming the field and the type."""
+    for f in dataclasses.fields(obj):
+        if values is not None and f.name not in values:
+            continue
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        value = getattr(obj, f.name) if values is None else values[f.name]
+        if value is None and "None" in kinds:
+            continue
+        kind = kinds[0]
+        if kind in _TYPE_NAMES and not _type_ok(value, kind):
+            raise type_error(where, f.name, kind, value)
+        if kind.startswith("tuple[str") and not (isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
+            raise type_error(where, f.name, "a list of strings", value)
+
+
+# Raw config.json fields (HF names) and their JSON types; ``eos_token_id`` may also be a list.
+_HF_TYPES = {
+    "model_type": "str", "vocab_size": "int", "hidden_size": "int", "intermediate_size": "int",
+    "num_hidden_layers": "int", "num_attention_heads": "int", "num_key_value_heads": "int", "head_dim": "int",
+    "rms_norm_eps": "float", "max_position_embeddings": "int", "rope_theta": "float", "mask_token_id": "int",
+    "bos_token_id": "int", "pad_token_id": "int", "block_size": "int", "lora_rank": "int", "lora_alpha": "float",
+    "torch_dtype": "str", "dtype": "str",
+}
+_ROPE_TYPES = {
+    "rope_type": "str", "type": "str", "rope_theta": "float", "factor": "float",
+    "original_max_position_embeddings": "int", "beta_fast": "float", "beta_slow": "float", "mscale": "float",
+    "mscale_all_dim": "float", "truncate": "bool", "llama_4_scaling_beta": "float",
+}
+
+
+def check_hf_dict(d) -> None:
+    """config.json's structure and field types, named as in the file."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config.json must hold a JSON object, got {type(d).__name__}")
+    for key, kind in _HF_TYPES.items():
+        if d.get(key) is not None and not _type_ok(d[key], kind):
+            raise type_error("config.json", key, kind, d[key])
+    eos = d.get("eos_token_id")
+    if eos is not None and not (_type_ok(eos, "int") or (isinstance(eos, list) and eos and
+                                                         all(_type_ok(e, "int") for e in eos))):
+        raise type_error("config.json", "eos_token_id", "an integer or a list of integers", eos)
+    for section in ("rope_parameters", "rope_scaling"):
+        rope = d.get(section)
+        if rope is None:
+            continue
+        if not isinstance(rope, dict):
+            raise type_error("config.json", section, "an object", rope)
+        for key, kind in _ROPE_TYPES.items():
+            if rope.get(key) is not None and not _type_ok(rope[key], kind):
+                raise type_error("config.json", f"{section}.{key}", kind, rope[key])
 
 
 def _required(d: dict, key: str, where: str = "config.json"):
@@ -103,7 +198,8 @@ def _required(d: dict, key: str, where: str = "config.json"):
     return d[key]
 
 
-def config_from_hf_dict(d: dict[str, Any], **overrides: Any) -> NLDConfig:
+def config_from_hf_dict(d: Any, **overrides: Any) -> NLDConfig:
+    check_hf_dict(d)
     model_type = d.get("model_type")
     if model_type not in _MODEL_TYPES:
         raise ValueError(f"unsupported model_type {model_type!r}; expected one of {_MODEL_TYPES}")
@@ -113,6 +209,10 @@ def config_from_hf_dict(d: dict[str, Any], **overrides: Any) -> NLDConfig:
     heads = _required(d, "num_attention_heads")
     eos = d.get("eos_token_id", 11)
     if isinstance(eos, list):
+        vocab = d.get("vocab_size")
+        outside = [e for e in eos if not 0 <= e < vocab]
+        if outside:
+            raise ValueError(f"config field eos_token_id ({outside[0]}) lies outside the vocabulary [0, {vocab})")
         eos = eos[0]
     rope_type = rope.get("rope_type", rope.get("type", "default")) if rope else "default"
     theta = rope.get("rope_theta", d.get("rope_theta"))

@@ -21,6 +21,7 @@ from .cache import KVCache
 from .config import NLDConfig
 from .masks import AttentionPolicy
 from .layers import NLDModel
+from .layers import final_logits as _final_logits
 
 MODES = ("causal", "bidirectional")
 
@@ -70,16 +71,45 @@ def forward(
     policy: AttentionPolicy,
     cache: KVCache | None = None,
     lora=0.0,
-) -> tuple[Float[Array, "B Q V"], KVCache | None]:
-    """The shared forward: float32 logits and the cache with the window written at ``prefix_len``."""
-    return NLDModel(cfg).apply({"params": params}, tokens, positions, policy, cache, lora)
+    *,
+    logits_at=None,
+) -> tuple[Float[Array, "B ..."], KVCache | None]:
+    """The shared forward: float32 logits and the cache with the window written at ``prefix_len``.
+
+    Logits ``[B, Q, V]`` of the whole window by default; with ``logits_at`` (int ``[B]`` or
+    ``[B, K]`` window indices) only those rows' logits, ``[B, V]`` or ``[B, K, V]``, so the
+    norm and the head run on ``B`` (or ``B x K``) hidden states instead of ``B x Q``.
+    """
+    return NLDModel(cfg).apply({"params": params}, tokens, positions, policy, cache, lora, logits_at=logits_at)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def forward_hidden(
+    params,
+    cfg: NLDConfig,
+    tokens: Int[Array, "B Q"],
+    positions: Int[Array, "B Q"],
+    policy: AttentionPolicy,
+    cache: KVCache | None = None,
+    lora=0.0,
+) -> tuple[Float[Array, "B Q H"], KVCache | None]:
+    """The forward without the final norm and head: the last layer's hidden states and the cache.
+
+    :func:`final_logits` turns (gathered) hidden states into the logits ``forward`` gives.
+    """
+    return NLDModel(cfg).apply({"params": params}, tokens, positions, policy, cache, lora, head=False)
+
+
+def final_logits(params, cfg: NLDConfig, hidden) -> jax.Array:
+    """Final norm + head on hidden states from :func:`forward_hidden` (any leading shape)."""
+    return _final_logits(params, cfg, hidden)
 
 
 def validate_ids(ids, cfg: NLDConfig) -> jnp.ndarray:
     """An int32 ``[B, L]`` array of in-vocabulary ids, or a ValueError naming the problem."""
     if isinstance(ids, (list, tuple)):
         ids = np.asarray(ids)
-    if not hasattr(ids, "dtype") or not jnp.issubdtype(ids.dtype, jnp.integer):
+    if not hasattr(ids, "dtype") or not jnp.issubdtype(ids.dtype, jnp.integer) or ids.dtype == bool:
         raise ValueError(f"ids must be an integer array, got dtype {getattr(ids, 'dtype', type(ids))}")
     if ids.ndim != 2:
         raise ValueError(f"ids must have rank 2 [batch, length], got shape {tuple(ids.shape)}")
@@ -100,11 +130,18 @@ def forward_logits(model: Model, ids, mode: str = "causal", lora: bool = False) 
     """Logits ``[B, L, V]`` of whole sequences without a cache, under a causal or bidirectional mask."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if lora and not model.has_lora:
+        raise ValueError("lora=True but the model has no draft LoRA (config.lora_rank == 0)")
     ids = validate_ids(ids, model.config)
     b, length = ids.shape
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
     zero = jnp.zeros((b,), jnp.int32)
     policy = masks.causal(zero, length, b) if mode == "causal" else masks.bidirectional(zero, length, b)
-    logits, _ = forward(model.params, model.config, ids, positions, policy, None, jnp.float32(lora))
+    from .sharding import mesh_of, place_rows, use_mesh
+
+    mesh = mesh_of(model.params)
+    with use_mesh(mesh):  # a sharded model: rows over "data"
+        ids, positions = place_rows(ids, mesh), place_rows(positions, mesh)
+        logits, _ = forward(model.params, model.config, ids, positions, policy, None, jnp.float32(lora))
     return logits
 

@@ -14,10 +14,12 @@ import flax.linen as nn
 from jaxtyping import Array, Float, Int
 
 from .attention import attend
-from .cache import KVCache, write_window
+from .cache import KVCache, write_stacked
 from .config import NLDConfig
 from .masks import AttentionPolicy
 from .rope import apply_rope, cos_sin, llama4_query_scale
+from .quantize import dequant
+from .sharding import HIDDEN_AXES, constrain
 
 _init = nn.initializers.normal(stddev=0.02)
 
@@ -40,14 +42,15 @@ class Attention(nn.Module):
     cfg: NLDConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, qscale, layer_kv, policy: AttentionPolicy, lora):
+    def __call__(self, x, cos, sin, qscale, kv, layer, policy: AttentionPolicy, lora):
         c = self.cfg
         dt = jnp.dtype(c.dtype)
         h, nq, nk, d = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
-        wq = self.param("q_proj", _init, (h, nq, d), dt)
-        wk = self.param("k_proj", _init, (h, nk, d), dt)
-        wv = self.param("v_proj", _init, (h, nk, d), dt)
-        wo = self.param("o_proj", _init, (nq, d, h), dt)
+        # dequant: int8 kernels (quantize.py) back in the compute dtype; plain arrays pass through
+        wq = dequant(self.param("q_proj", _init, (h, nq, d), dt), dt)
+        wk = dequant(self.param("k_proj", _init, (h, nk, d), dt), dt)
+        wv = dequant(self.param("v_proj", _init, (h, nk, d), dt), dt)
+        wo = dequant(self.param("o_proj", _init, (nq, d, h), dt), dt)
         q = jnp.einsum("bqh,hnd->bqnd", x, wq)
         k = jnp.einsum("bqh,hnd->bqnd", x, wk)
         v = jnp.einsum("bqh,hnd->bqnd", x, wv)
@@ -55,12 +58,16 @@ class Attention(nn.Module):
         k = apply_rope(k, cos, sin)
         q = (q.astype(jnp.float32) * qscale[:, :, None, None]).astype(q.dtype)
         k_win, v_win = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, Q, D]
-        if layer_kv is None:  # no cache: the window is the whole key set
+        if kv is None:  # no cache: the window is the whole key set
             k_all, v_all, new_kv = k_win, v_win, None
         else:
-            k_all = write_window(layer_kv[0], k_win, policy.prefix_len)
-            v_all = write_window(layer_kv[1], v_win, policy.prefix_len)
-            new_kv = (k_all, v_all)
+            # Write the window into the whole stacked cache (in place: the cache is the scan's
+            # carry, not a scanned input with a fresh stacked output), then read this layer.
+            ck = write_stacked(kv[0], k_win, layer, policy.prefix_len)
+            cv = write_stacked(kv[1], v_win, layer, policy.prefix_len)
+            k_all = jax.lax.dynamic_index_in_dim(ck, layer, axis=0, keepdims=False)
+            v_all = jax.lax.dynamic_index_in_dim(cv, layer, axis=0, keepdims=False)
+            new_kv = (ck, cv)
         out = attend(q.transpose(0, 2, 1, 3), k_all, v_all, policy, d**-0.5, c.attention_impl)
         out = out.transpose(0, 2, 1, 3)  # [B, Q, H, D]
         y = jnp.einsum("bqnd,ndh->bqh", out, wo)
@@ -83,9 +90,9 @@ class MLP(nn.Module):
     def __call__(self, x):
         c = self.cfg
         dt = jnp.dtype(c.dtype)
-        gate = self.param("gate_proj", _init, (c.hidden_size, c.intermediate_size), dt)
-        up = self.param("up_proj", _init, (c.hidden_size, c.intermediate_size), dt)
-        down = self.param("down_proj", _init, (c.intermediate_size, c.hidden_size), dt)
+        gate = dequant(self.param("gate_proj", _init, (c.hidden_size, c.intermediate_size), dt), dt)
+        up = dequant(self.param("up_proj", _init, (c.hidden_size, c.intermediate_size), dt), dt)
+        down = dequant(self.param("down_proj", _init, (c.intermediate_size, c.hidden_size), dt), dt)
         return (jax.nn.silu(x @ gate) * (x @ up)) @ down
 
 
@@ -93,19 +100,46 @@ class DecoderLayer(nn.Module):
     cfg: NLDConfig
 
     @nn.compact
-    def __call__(self, x, layer_kv, cos, sin, qscale, policy, lora):
+    def __call__(self, carry, layer, cos, sin, qscale, policy, lora):
+        """``carry = (x, kv)``: the residual stream and the whole stacked cache (or None)."""
+        x, kv = carry
         c = self.cfg
         dt = jnp.dtype(c.dtype)
         a, new_kv = Attention(c, name="self_attn")(
-            RMSNorm(c.rms_norm_eps, dt, name="input_layernorm")(x), cos, sin, qscale, layer_kv, policy, lora
+            RMSNorm(c.rms_norm_eps, dt, name="input_layernorm")(x), cos, sin, qscale, kv, layer, policy, lora
         )
         x = x + a
         x = x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, dt, name="post_attention_layernorm")(x))
-        return x, new_kv
+        return (x, new_kv), None
+
+
+def final_logits(params, cfg: NLDConfig, hidden: Float[Array, "... H"]) -> Float[Array, "... V"]:
+    """The final norm and the diffusion head on hidden states taken before the norm.
+
+    Exactly what :class:`NLDModel` does after its last layer, for hidden states that a
+    ``head=False`` call returned (any leading shape): callers gather the few rows they need
+    first, so the ``[B, Q, V]`` logits of a whole window are never built.
+    """
+    dt = jnp.dtype(cfg.dtype)
+    x = RMSNorm(cfg.rms_norm_eps, dt).apply({"params": params["norm"]}, hidden)
+    return jnp.einsum("...h,hv->...v", x, dequant(params["diffusion_head"], dt), preferred_element_type=jnp.float32)
+
+
+def gather_rows(x: Float[Array, "B Q H"], idx) -> jax.Array:
+    """``x[b, idx[b]]`` for ``idx`` int ``[B]`` (-> ``[B, H]``) or ``[B, K]`` (-> ``[B, K, H]``)."""
+    idx = jnp.asarray(idx, jnp.int32)
+    flat = idx if idx.ndim == 2 else idx[:, None]
+    out = jnp.take_along_axis(x, flat[:, :, None], axis=1)
+    return out if idx.ndim == 2 else out[:, 0]
 
 
 class NLDModel(nn.Module):
-    """``(tokens, positions, policy, cache, lora) -> (logits float32 [B, Q, V], cache)``."""
+    """``(tokens, positions, policy, cache, lora) -> (logits float32 [B, Q, V], cache)``.
+
+    ``logits_at`` (int ``[B]`` or ``[B, K]`` window indices): logits only at those rows
+    (``[B, V]`` or ``[B, K, V]``). ``head=False``: no norm or head at all; the first result is
+    the last layer's hidden states ``[B, Q, H]`` (see :func:`final_logits`).
+    """
 
     cfg: NLDConfig
 
@@ -117,11 +151,13 @@ class NLDModel(nn.Module):
         policy: AttentionPolicy,
         cache: KVCache | None = None,
         lora=0.0,
+        logits_at=None,
+        head: bool = True,
     ):
         c = self.cfg
         dt = jnp.dtype(c.dtype)
         embed = self.param("embed_tokens", _init, (c.vocab_size, c.hidden_size), dt)
-        x = jnp.take(embed, tokens, axis=0)
+        x = constrain(jnp.take(embed, tokens, axis=0), HIDDEN_AXES)  # rows over "data" under a mesh
         cos, sin = cos_sin(c, positions)
         qscale = llama4_query_scale(c, positions)
         layers = nn.scan(
@@ -131,10 +167,14 @@ class NLDModel(nn.Module):
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=c.num_layers,
         )(c, name="layers")
-        layer_kv = None if cache is None else (cache.k, cache.v)
-        x, new_kv = layers(x, layer_kv, cos, sin, qscale, policy, lora)
-        x = RMSNorm(c.rms_norm_eps, dt, name="norm")(x)
-        head = self.param("diffusion_head", _init, (c.hidden_size, c.vocab_size), dt)
-        logits = jnp.einsum("bqh,hv->bqv", x, head, preferred_element_type=jnp.float32)
+        kv = None if cache is None else (cache.k, cache.v)
+        (x, new_kv), _ = layers((x, kv), jnp.arange(c.num_layers, dtype=jnp.int32), cos, sin, qscale, policy, lora)
         new_cache = None if cache is None else cache.replace(k=new_kv[0], v=new_kv[1])
+        if not head:
+            return x, new_cache
+        if logits_at is not None:
+            x = gather_rows(x, logits_at)
+        x = RMSNorm(c.rms_norm_eps, dt, name="norm")(x)
+        head_w = dequant(self.param("diffusion_head", _init, (c.hidden_size, c.vocab_size), dt), dt)
+        logits = jnp.einsum("...h,hv->...v", x, head_w, preferred_element_type=jnp.float32)
         return logits, new_cache

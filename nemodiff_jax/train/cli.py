@@ -11,8 +11,13 @@ import json
 from pathlib import Path
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line; `nemodiff` prints it and exits with status 2
+        raise ValueError(f"{message} (see `{self.prog} --help`)")
+
+
 def parse(argv):
-    ap = argparse.ArgumentParser(prog="nemodiff train", description=__doc__)
+    ap = _Parser(prog="nemodiff train", description=__doc__)
     ap.add_argument("--config", required=True, help="JSON training config")
     ap.add_argument("--steps", type=int, help="override the number of steps")
     ap.add_argument("--out-dir", help="override out_dir (checkpoints, metrics.jsonl)")
@@ -23,7 +28,17 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    raw = json.loads(Path(args.config).read_text())
+    path = Path(args.config)
+    if not path.is_file():
+        raise ValueError(f"--config {path}: " + ("is a directory" if path.is_dir() else "no such file"))
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"--config {path} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"--config {path} must hold a JSON object, got {type(raw).__name__}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
     mode = raw.pop("mode", "joint")
     for key, val in (("steps", args.steps), ("out_dir", args.out_dir)):
         if val is not None:
@@ -42,7 +57,7 @@ def main(argv=None) -> int:
 
         cfg, params, tok_dir = run_from_dict(raw)
     else:
-        raise SystemExit(f"unknown mode {mode!r}; expected 'joint' or 'draft_lora'")
+        raise ValueError(f"train config field 'mode' must be 'joint' or 'draft_lora', got {mode!r}")
     if args.export:
         from .export import export_hf
 

@@ -32,6 +32,8 @@ class BatchSource:
     """``batch(step) -> {"ids", "loss_mask"}`` int32 ``[B, L]`` numpy arrays."""
 
     def __init__(self, data: DataConfig, batch_size: int, seq_len: int, seed: int, tokenizer=None):
+        if batch_size < 1 or seq_len < 2:
+            raise ValueError(f"batch_size must be >= 1 and seq_len >= 2, got {batch_size} and {seq_len}")
         self.data, self.batch_size, self.seq_len, self.seed = data, batch_size, seq_len, seed
         self._tok = tokenizer
         if data.kind not in ("tasks", "random"):
@@ -106,10 +108,16 @@ def prefetch(source: BatchSource, steps: Sequence[int], depth: int = 2):
     q: queue.Queue = queue.Queue(maxsize=depth)
 
     def work():
-        for s in steps:
-            q.put((s, source.batch(s)))
+        try:
+            for s in steps:
+                q.put((s, source.batch(s)))
+        except BaseException as e:  # hand the error to the consumer instead of leaving it waiting
+            q.put(e)
+            return
         q.put(None)
 
     threading.Thread(target=work, daemon=True).start()
     while (item := q.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
         yield item

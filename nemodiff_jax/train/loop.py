@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .. import guard
+from ..model.config import NLDConfig, check_fields
 from ..model.forward import count_params, init_params
-from ..model.config import NLDConfig
 from .data import BatchSource, DataConfig, prefetch
 from .objective import ObjectiveConfig, joint_loss
 from .optim import OptimConfig, lr_schedule, make_optimizer
@@ -43,6 +44,13 @@ class TrainConfig:
     max_to_keep: int = 2
     log_every: int = 10
     progress: bool = True
+
+    def __post_init__(self):
+        for name in ("batch_size", "steps", "ckpt_every", "max_to_keep", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train config field {name} must be >= 1, got {getattr(self, name)}")
+        if self.seq_len < 2:
+            raise ValueError(f"train config field seq_len must be >= 2, got {self.seq_len}")
 
 
 def _state_template(tc: TrainConfig, params, opt):
@@ -143,9 +151,9 @@ def train(tc: TrainConfig, stop_after: int | None = None, source: BatchSource | 
     """
     import orbax.checkpoint as ocp
 
-    out = Path(tc.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(config_to_dict(tc), indent=2))
+    out = guard.writable_dir(tc.out_dir, "out_dir")
+    _clean_orbax_tmp(out / "ckpt")
+    guard.atomic_write_text(out / "train_config.json", json.dumps(config_to_dict(tc), indent=2))
     opt = make_optimizer(tc.optim, tc.steps)
     sched = lr_schedule(tc.optim, tc.steps)
     mngr = checkpoint_manager(tc)
@@ -159,23 +167,30 @@ def train(tc: TrainConfig, stop_after: int | None = None, source: BatchSource | 
         log.write(json.dumps({"event": "start", "params": count_params(state["params"])}) + "\n")
     bar = _Progress(tc.progress, tc.steps, start)
     t0, tokens, last = time.time(), 0, time.time()
+    saved = start
     try:
-        for step, batch in prefetch(source, range(start, end)):
-            state, metrics = step_fn(state, jnp.asarray(batch["ids"]), jnp.asarray(batch["loss_mask"]))
-            tokens += batch["ids"].size
-            done = step + 1
-            if done % tc.log_every == 0 or done == end:
-                m = {k: float(v) for k, v in metrics.items()}
-                now = time.time()
-                tps = tokens / max(now - t0, 1e-9)
-                rec = {"step": done, **m, "lr": float(sched(step)), "tokens_per_s": tps, "elapsed_s": now - t0,
-                       "step_s": (now - last) / tc.log_every}
-                last = now
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                bar.update(done, m["loss"], tps)
-            if done % tc.ckpt_every == 0 or done == end:
-                mngr.save(done, args=ocp.args.StandardSave(state))
+        with guard.deferred():
+            for step, batch in prefetch(source, range(start, end)):
+                state, metrics = step_fn(state, jnp.asarray(batch["ids"]), jnp.asarray(batch["loss_mask"]))
+                tokens += batch["ids"].size
+                done = step + 1
+                if done % tc.log_every == 0 or done == end:
+                    m = {k: float(v) for k, v in metrics.items()}
+                    now = time.time()
+                    tps = tokens / max(now - t0, 1e-9)
+                    rec = {"step": done, **m, "lr": float(sched(step)), "tokens_per_s": tps, "elapsed_s": now - t0,
+                           "step_s": (now - last) / tc.log_every}
+                    last = now
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    bar.update(done, m["loss"], tps)
+                if done % tc.ckpt_every == 0 or done == end or guard.requested():
+                    mngr.save(done, args=ocp.args.StandardSave(state))
+                    saved = done
+                if guard.requested():  # the finished steps are checkpointed: stop here
+                    mngr.wait_until_finished()
+                    log.write(json.dumps({"event": "interrupted", "step": saved}) + "\n")
+                    guard.check(f"{out / 'ckpt'} (step {saved}; rerun to resume)")
         mngr.wait_until_finished()
     finally:
         bar.close()
@@ -184,19 +199,50 @@ def train(tc: TrainConfig, stop_after: int | None = None, source: BatchSource | 
     return state
 
 
+def _clean_orbax_tmp(ckpt_dir: Path) -> None:
+    """Unfinished orbax saves of an earlier, killed run (``N.orbax-checkpoint-tmp-*``)."""
+    import shutil
+
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 # ---- JSON configs ---------------------------------------------------------------------------
 
 _SECTIONS = {"objective": ObjectiveConfig, "optim": OptimConfig, "data": DataConfig}
 
 
+def _fields_of(cls, sec: Any, where: str) -> dict[str, Any]:
+    """A JSON object whose keys are fields of ``cls`` (one ValueError naming an unknown key)."""
+    if not isinstance(sec, dict):
+        raise ValueError(f"train config section {where!r} must be an object, got {type(sec).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(sec) - set(names))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in train config section {where!r}; expected one of {names}")
+    return dict(sec)
+
+
+def _build(cls, kw: dict, where: str):
+    """``cls(**kw)`` after checking every given field's type (a ValueError naming the field)."""
+    check_fields(cls, where, kw)
+    return cls(**kw)
+
+
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from a JSON dict; ``model`` is a preset name plus field overrides, or a
-    full field dict, or absent when ``init_from`` names a checkpoint (its config is used)."""
+    full field dict, or absent when ``init_from`` names a checkpoint (its config is used).
+    Unknown keys and values of the wrong type raise one ValueError naming the field."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a train config must be a JSON object, got {type(d).__name__}")
     d = dict(d)
     model = d.pop("model", {}) or {}
     if isinstance(model, str):
         model = {"preset": model}
-    model = dict(model)
+    model = dict(_fields_of(NLDConfig, {k: v for k, v in model.items() if k != "preset"}, "model"),
+                 **({"preset": model["preset"]} if "preset" in model else {}))
+    check_fields(NLDConfig, "config", model)
     if d.get("init_from"):
         cfg = NLDConfig.from_hf(_resolve_dir(d["init_from"]))
         cfg = cfg.replace(**{k: v for k, v in model.items() if k != "preset"})
@@ -206,17 +252,17 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
         cfg = NLDConfig(**model)
     kw: dict[str, Any] = {"model": cfg}
     for name, cls in _SECTIONS.items():
-        sec = dict(d.pop(name, {}) or {})
-        if name == "data" and sec.get("tasks") is not None:
+        sec = _fields_of(cls, d.pop(name, {}) or {}, name)
+        if name == "data" and isinstance(sec.get("tasks"), list):
             sec["tasks"] = tuple(sec["tasks"])
-        kw[name] = cls(**sec)
+        kw[name] = _build(cls, sec, f"train config section {name!r}:")
     if "block_size" not in (d.get("objective") or {}):
         kw["objective"] = dataclasses.replace(kw["objective"], block_size=cfg.block_size)
     unknown = set(d) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f"unknown training config fields: {sorted(unknown)}")
     kw.update(d)
-    return TrainConfig(**kw)
+    return _build(TrainConfig, kw, "train config")
 
 
 def _resolve_dir(path: str) -> Path:

@@ -175,17 +175,30 @@ def run_from_dict(raw: dict[str, Any]):
     from ..io.checkpoint import resolve
     from .data import BatchSource, DataConfig
 
+    from .. import guard
+    from .loop import _build, _fields_of
+
+    unknown = sorted(set(raw) - {"init_from", "dtype", "lora_rank", "lora_alpha", "lora", "data", "out_dir", "progress", "steps"})
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in the draft_lora train config")
+    if not raw.get("init_from"):
+        raise ValueError("a draft_lora train config needs 'init_from' (the model directory to adapt)")
+    lora_kw = _fields_of(LoraConfig, raw.get("lora") or {}, "lora")
+    if "steps" in raw:  # `nemodiff train --steps N`
+        lora_kw["steps"] = raw["steps"]
+    lc = _build(LoraConfig, lora_kw, "train config section 'lora':")
+    if lc.steps < 1 or lc.batch_size < 1:
+        raise ValueError(f"draft_lora steps and batch_size must be >= 1, got {lc.steps} and {lc.batch_size}")
+    data = _fields_of(DataConfig, raw.get("data") or {}, "data")
+    if isinstance(data.get("tasks"), list):
+        data["tasks"] = tuple(data["tasks"])
+    data = _build(DataConfig, data, "train config section 'data':")
+    out = guard.writable_dir(raw.get("out_dir", "runs/draft_lora"), "out_dir")
     src_dir = resolve(raw["init_from"])
     model = load(src_dir, dtype=raw.get("dtype", "float32"))
     cfg = model.config
     if cfg.lora_rank == 0:
         cfg = cfg.replace(lora_rank=int(raw.get("lora_rank", 16)), lora_alpha=float(raw.get("lora_alpha", 64.0)))
-    lc = LoraConfig(**(raw.get("lora") or {}))
-    data = dict(raw.get("data") or {})
-    if data.get("tasks") is not None:
-        data["tasks"] = tuple(data["tasks"])
-    source = BatchSource(DataConfig(**data), lc.batch_size, lc.seq_len, lc.seed + 7919)
-    out = Path(raw.get("out_dir", "runs/draft_lora"))
-    out.mkdir(parents=True, exist_ok=True)
+    source = BatchSource(data, lc.batch_size, lc.seq_len, lc.seed + 7919)
     params = train_draft_lora(cfg, model.params, lc, source, out / "metrics.jsonl")
     return cfg, jax.tree.map(np.asarray, params), src_dir

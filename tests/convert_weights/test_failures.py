@@ -1,4 +1,4 @@
-"""Every failure is one CheckpointError listing all problems, the CLI exits 1 with one line,
+"""Every failure is one CheckpointError listing all problems, the CLI exits 2 with one line,
 and OUT is left as it was (no partial output, nothing beside it)."""
 
 import json
@@ -41,9 +41,9 @@ def _edit_config(src, **changes):
 
 
 def _fails(args, tmp_path, capsys, *expected):
-    """Run the CLI, expect exit 1, one stderr line naming every ``expected`` fragment, no OUT."""
+    """Run the CLI, expect exit 2, one stderr line naming every ``expected`` fragment, no OUT."""
     out = tmp_path / "out"
-    assert main([*args, str(out)]) == 1
+    assert main([*args, str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     for frag in expected:
@@ -129,7 +129,7 @@ def test_lora_that_does_not_fit(ref, good, tmp_path, capsys, kind, frags):
     out = tmp_path / "jax"
     convert_hf(good[0], out, progress=False)
     before = sorted(p.name for p in out.iterdir())
-    assert main(["--lora", str(adapter), str(out)]) == 1
+    assert main(["--lora", str(adapter), str(out)]) == 2
     assert frags[0] in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before and not nd.load(out).has_lora
 
@@ -138,12 +138,12 @@ def test_non_empty_out_refused_without_force(good, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert main([str(good[0]), str(out)]) == 1
+    assert main([str(good[0]), str(out)]) == 2
     assert "not empty; pass --force" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
     assert main([str(good[0]), str(out), "--force", "--quiet"]) == 0
     assert not (out / "keep.txt").exists() and (out / "params").is_dir()
-    assert main([str(good[0]), str(good[0]), "--force"]) == 1  # never over the source
+    assert main([str(good[0]), str(good[0]), "--force"]) == 2  # never over the source
     assert "would overwrite the source" in capsys.readouterr().err
 
 

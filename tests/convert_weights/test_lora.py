@@ -65,7 +65,7 @@ def test_lora_alone_into_existing_out(ref, base, tmp_path, capsys):
     assert main(["--lora", str(adapter), str(tmp_path / "jax"), "--quiet"]) == 0
     _check_model(nd.load(tmp_path / "jax"), ref, ids, want)
     # a second LoRA needs --force, and leaves the first one in place
-    assert main(["--lora", str(adapter), str(tmp_path / "jax"), "--quiet"]) == 1
+    assert main(["--lora", str(adapter), str(tmp_path / "jax"), "--quiet"]) == 2
     assert "already has a LoRA" in capsys.readouterr().err
     assert main(["--lora", str(adapter), str(tmp_path / "jax"), "--quiet", "--force"]) == 0
     assert [p.name for p in (tmp_path / "jax").iterdir() if p.name.startswith(".")] == []

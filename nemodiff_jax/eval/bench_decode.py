@@ -1,0 +1,296 @@
+"""Decode speed, every mode side by side in one run: the harness behind ``nemodiff bench decode``.
+
+    python -c "from nemodiff_jax.eval.bench_decode import run_decode_bench, format_table; \\
+               print(format_table(run_decode_bench(repeats=3)))"
+
+Same prompts (the held-out task split of :mod:`nemodiff_jax.train.evaluate_embedded`: ``<bos>`` +
+prompt ids), same weights, greedy, for every side:
+
+* ours, one prompt per call (``<mode>/1``) and through S slots (``<mode>/slots``: all
+  ``batch_prompts`` prompts in one call with ``batch_size=S`` when :func:`nemodiff_jax.generate`
+  accepts it, else in one plain call, marked "one call"), for ``ar``, ``diffusion``
+  (threshold 0.9, no LoRA), ``linear_spec`` (no LoRA), ``linear_spec+lora`` and ``quadratic_spec``;
+* the torch twin (:mod:`nemodiff_jax.eval.torch_twin`: transformers' Ministral3 from an HF
+  export of the same model, DynamicCache + crop, Python loop, batch 1): ``twin_ar/1`` and
+  ``twin_linear_spec/1``;
+* transformers' own ``generate(do_sample=False)``: ``hf_generate/1``.
+
+Timing: one warm-up pass per side first (every prompt, so every shape bucket is compiled; its
+wall time minus the best timed pass is reported as ``compile_s``), then ``repeats`` rounds, each
+running every side once in turn (interleaved, so a noisy machine hits every side alike); a side's
+time is its best round. tok/s = generated tokens (EOS included, cut at ``max_new_tokens``) / wall
+seconds of the pass (host work included: ours and torch alike); TPF = tokens / forwards with the
+engine's NFE conventions (:mod:`nemodiff_jax.decode.generate`). XLA compilations during the timed
+rounds are counted (``timed_compiles``; expect 0).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+OURS = {
+    "ar": {"mode": "ar"},
+    "diffusion": {"mode": "diffusion", "threshold": 0.9, "lora": False},
+    "linear_spec": {"mode": "linear_spec", "lora": False},
+    "linear_spec+lora": {"mode": "linear_spec", "lora": True},
+    "quadratic_spec": {"mode": "quadratic_spec"},
+}
+TORCH = ("twin_ar", "twin_linear_spec", "hf_generate")
+SIDES = (
+    *(f"{m}/1" for m in OURS),
+    *(f"{m}/slots" for m in OURS),
+    *(f"{t}/1" for t in TORCH),
+)
+# (name, numerator side, denominator side, target or None): the issue's targets, plus context.
+RATIOS = (
+    ("linear_spec+lora / our AR (batch 1)", "linear_spec+lora/1", "ar/1", 1.5),
+    ("linear_spec no-LoRA / twin linear_spec (batch 1)", "linear_spec/1", "twin_linear_spec/1", 1.2),
+    ("our AR / twin AR (batch 1)", "ar/1", "twin_ar/1", 2.5),
+    ("our AR / transformers generate (batch 1)", "ar/1", "hf_generate/1", 1.0),
+    ("linear_spec: slots / one at a time", "linear_spec/slots", "linear_spec/1", 1.3),
+    ("diffusion: slots / one at a time", "diffusion/slots", "diffusion/1", 1.3),
+    ("twin linear_spec / twin AR (context)", "twin_linear_spec/1", "twin_ar/1", None),
+    ("our linear_spec no-LoRA / our AR (context)", "linear_spec/1", "ar/1", None),
+)
+
+
+def held_out_prompts(model, n: int) -> list[list[int]]:
+    """``<bos>`` + prompt ids of the first ``n`` held-out task examples (evaluate_embedded's split)."""
+    from nemodiff_jax.data.batches import prompt_ids
+    from nemodiff_jax.data.tasks import build_task_dataset
+    from nemodiff_jax.train.evaluate_embedded import _hf_tokenizer
+
+    tok = _hf_tokenizer(model)
+    return [prompt_ids(tok, p) for p, _, _ in build_task_dataset("test", n)]
+
+
+def _slots_supported() -> bool:
+    import nemodiff_jax as nd
+
+    return "batch_size" in inspect.signature(nd.generate).parameters
+
+
+def machine_info() -> dict:
+    import jax
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+    }
+    try:
+        import torch
+        import transformers
+
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(), transformers=transformers.__version__)
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def _runner(side: str, model, twin, prompts_1, prompts_s, max_new_tokens: int, block_length: int, slots: int,
+            slots_ok: bool):
+    """(description, prompts, one pass -> (tokens per prompt, forwards per prompt, calls))."""
+    import nemodiff_jax as nd
+
+    name, where = side.split("/")
+    cfg = model.config
+    eos, mask = cfg.eos_token_id, cfg.mask_token_id
+    if name in OURS:
+        kw = dict(OURS[name], max_new_tokens=max_new_tokens)
+        if kw["mode"] != "ar":
+            kw["block_length"] = block_length
+        if kw.get("lora") and not model.has_lora:
+            raise ValueError(f"side {side!r} needs a model with the draft LoRA")
+        if where == "1":
+            def run():
+                toks, nfe = [], []
+                for p in prompts_1:
+                    r = nd.generate(model, [p], **kw)
+                    toks += r.tokens
+                    nfe += r.nfe
+                return toks, nfe, len(prompts_1)
+
+            return f"ours {name}, one prompt per call", prompts_1, run
+        extra = {"batch_size": slots} if slots_ok else {}
+
+        def run():
+            r = nd.generate(model, prompts_s, **kw, **extra)
+            return r.tokens, r.nfe, 1
+
+        how = f"through {slots} slots" if slots_ok else f"{len(prompts_s)} prompts in one call (no batch_size yet)"
+        return f"ours {name}, {how}", prompts_s, run
+    if where != "1" or name not in TORCH:
+        raise ValueError(f"unknown side {side!r}; expected one of {SIDES}")
+    from . import torch_twin as tt
+
+    call = {
+        "twin_ar": lambda p: tt.twin_ar(twin, p, max_new_tokens, eos, mask_id=mask),
+        "twin_linear_spec": lambda p: tt.twin_linear_spec(twin, p, max_new_tokens, block_length, mask, eos),
+        "hf_generate": lambda p: tt.hf_generate(twin, p, max_new_tokens, eos, mask_id=mask),
+    }[name]
+    what = {
+        "twin_ar": "torch twin AR (DynamicCache, Python loop)",
+        "twin_linear_spec": "torch twin linear_spec, no LoRA (DynamicCache + crop, Python loop)",
+        "hf_generate": "transformers generate(do_sample=False)",
+    }[name]
+
+    def run():
+        toks, nfe = [], []
+        for p in prompts_1:
+            t, f = call(p)
+            toks.append(t)
+            nfe.append(f)
+        return toks, nfe, len(prompts_1)
+
+    return what + ", batch 1", prompts_1, run
+
+
+def run_decode_bench(
+    *,
+    model="embedded",
+    n_prompts: int = 12,
+    max_new_tokens: int = 64,
+    block_length: int = 32,
+    repeats: int = 5,
+    slots: int = 12,
+    batch_prompts: int = 48,
+    sides=SIDES,
+    out=None,
+    log=None,
+) -> dict:
+    """Time every side (see the module docstring); returns a JSON-able dict, written atomically to ``out``."""
+    import nemodiff_jax as nd
+
+    from .compiles import CompileCounter
+
+    log = log or (lambda *a: None)
+    if repeats < 1 or n_prompts < 1 or batch_prompts < 1:
+        raise ValueError("repeats, n_prompts and batch_prompts must be >= 1")
+    sides = tuple(sides)
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown:
+        raise ValueError(f"unknown sides {unknown}; expected a subset of {SIDES}")
+    model_name = model if isinstance(model, (str, os.PathLike)) else getattr(model, "path", None)
+    if isinstance(model, (str, os.PathLike)):
+        model = nd.load(model)
+    prompts = held_out_prompts(model, max(n_prompts, batch_prompts))
+    prompts_1, prompts_s = prompts[:n_prompts], prompts[:batch_prompts]
+    twin = None
+    if any(s.split("/")[0] in TORCH for s in sides):
+        from .torch_twin import twin_from_model
+
+        twin = twin_from_model(model)
+    slots_ok = _slots_supported()
+    runners = {s: _runner(s, model, twin, prompts_1, prompts_s, max_new_tokens, block_length, slots, slots_ok)
+               for s in sides}
+
+    res = {}
+    for s, (what, ps, run) in runners.items():
+        t0 = time.perf_counter()
+        toks, nfe, calls = run()
+        warm = time.perf_counter() - t0
+        res[s] = {"what": what, "prompts": len(ps), "calls": calls, "tokens": sum(map(len, toks)),
+                  "forwards": int(sum(nfe)), "warmup_s": warm, "walls": [], "timed_compiles": 0, "_toks": toks}
+        log(f"warm-up {s}: {warm:.2f}s")
+    for r in range(repeats):
+        for s, (_, _, run) in runners.items():
+            with CompileCounter() as cc:
+                t0 = time.perf_counter()
+                toks, nfe, _ = run()
+                wall = time.perf_counter() - t0
+            e = res[s]
+            e["walls"].append(wall)
+            e["timed_compiles"] += cc.count
+            if toks != e["_toks"]:
+                e["nondeterministic"] = True
+            log(f"round {r + 1}/{repeats} {s}: {wall:.3f}s")
+
+    ref = {"1": res.get("ar/1", {}).get("_toks"), "slots": res.get("ar/slots", {}).get("_toks")}
+    for s, e in res.items():
+        best = min(e["walls"])
+        e["best_s"] = best
+        e["tok_per_s"] = e["tokens"] / best if best > 0 else 0.0
+        e["tpf"] = e["tokens"] / e["forwards"] if e["forwards"] else 0.0
+        e["compile_s"] = max(e["warmup_s"] - best, 0.0)
+        base = ref[s.split("/")[1]]
+        toks = e.pop("_toks")
+        e["identical_to_ar"] = (sum(a == b for a, b in zip(toks, base)) / len(toks)) if base is not None else None
+
+    ratios = []
+    for name, num, den, target in RATIOS:
+        if num in res and den in res and res[den]["tok_per_s"] > 0:
+            v = res[num]["tok_per_s"] / res[den]["tok_per_s"]
+            ratios.append({"name": name, "num": num, "den": den, "value": v, "target": target,
+                           "met": None if target is None else bool(v >= target)})
+    result = {
+        "settings": {"model": str(model_name), "n_prompts": n_prompts, "max_new_tokens": max_new_tokens,
+                     "block_length": block_length, "repeats": repeats, "slots": slots,
+                     "batch_prompts": batch_prompts, "slots_supported": slots_ok, "greedy": True,
+                     "prompts": "held-out task split (evaluate_embedded): <bos> + prompt ids"},
+        "machine": machine_info(),
+        "sides": res,
+        "ratios": ratios,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if out is not None:
+        write_json_atomic(out, result)
+    return result
+
+
+def write_json_atomic(path, obj) -> Path:
+    """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def format_table(result: dict) -> str:
+    """The sides and the ratios as Markdown, with the settings and the machine."""
+    st, mc = result["settings"], result["machine"]
+    lines = [
+        "| side | what | prompts | calls | tokens | forwards | TPF | best s | tok/s | compile s | identical to AR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s, e in result["sides"].items():
+        ident = "-" if e["identical_to_ar"] is None else f"{100 * e['identical_to_ar']:.0f}%"
+        flag = " (recompiled!)" if e["timed_compiles"] else ""
+        lines.append(
+            f"| {s} | {e['what']}{flag} | {e['prompts']} | {e['calls']} | {e['tokens']} | {e['forwards']} | "
+            f"{e['tpf']:.2f} | {e['best_s']:.3f} | {e['tok_per_s']:.0f} | {e['compile_s']:.1f} | {ident} |"
+        )
+    lines += ["", "| ratio (tok/s) | value | target |", "|---|---|---|"]
+    for r in result["ratios"]:
+        tgt = "-" if r["target"] is None else f">= {r['target']}x ({'met' if r['met'] else 'not met'})"
+        lines.append(f"| {r['name']} | {r['value']:.2f}x | {tgt} |")
+    lines += [
+        "",
+        f"Settings: model {st['model']}, {st['n_prompts']} prompts at batch 1, {st['batch_prompts']} through "
+        f"{st['slots']} slots{'' if st['slots_supported'] else ' (one call: no batch_size yet)'}, "
+        f"{st['max_new_tokens']} new tokens, block {st['block_length']}, greedy, best of {st['repeats']} "
+        "interleaved rounds, compilation excluded.",
+        f"Machine: {mc.get('platform')}, {mc.get('cpu_count')} CPUs, {mc.get('device_kind')} "
+        f"({mc.get('jax_backend')}), jax {mc.get('jax')}, torch {mc.get('torch', '-')} "
+        f"({mc.get('torch_threads', '-')} threads), transformers {mc.get('transformers', '-')}.",
+    ]
+    return "\n".join(lines)

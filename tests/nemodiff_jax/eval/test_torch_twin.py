@@ -1,0 +1,78 @@
+"""The torch twin decodes what our engine decodes (shipped model, held-out prompts, greedy), and the
+decode benchmark harness reports every side."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import nemodiff_jax as nd  # noqa: E402
+from nemodiff_jax.eval import bench_decode, torch_twin  # noqa: E402
+
+N_NEW, BLOCK = 64, 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    return nd.load("embedded")
+
+
+@pytest.fixture(scope="module")
+def twin(model):
+    return torch_twin.twin_from_model(model)
+
+
+@pytest.fixture(scope="module")
+def prompts(model):
+    return bench_decode.held_out_prompts(model, 3)
+
+
+def test_twin_forward_matches_ours(model, twin):
+    import torch
+
+    ids = np.random.default_rng(0).integers(4, model.config.vocab_size, (1, 30))
+    with torch.no_grad():
+        causal = twin(input_ids=torch.as_tensor(ids)).logits.numpy()
+        bidir = twin(input_ids=torch.as_tensor(ids), attention_mask=torch.ones((1, 1, 30, 30), dtype=torch.bool)).logits
+    assert np.abs(np.asarray(nd.forward_logits(model, ids, mode="causal")) - causal).max() < 1e-4
+    assert np.abs(np.asarray(nd.forward_logits(model, ids, mode="bidirectional")) - bidir.numpy()).max() < 1e-4
+
+
+def test_twin_decodes_what_we_decode(model, twin, prompts):
+    cfg = model.config
+    eos, mask = cfg.eos_token_id, cfg.mask_token_id
+    for p in prompts:
+        ar, ar_f = torch_twin.twin_ar(twin, p, N_NEW, eos)
+        hf, hf_f = torch_twin.hf_generate(twin, p, N_NEW, eos)
+        ls, ls_f = torch_twin.twin_linear_spec(twin, p, N_NEW, BLOCK, mask, eos)
+        ours_ar = nd.generate(model, [p], mode="ar", max_new_tokens=N_NEW)
+        ours_ls = nd.generate(model, [p], mode="linear_spec", max_new_tokens=N_NEW, block_length=BLOCK, lora=False)
+        assert ar == ours_ar.tokens[0] == hf
+        assert ls == ar == ours_ls.tokens[0]  # lossless at T = 0
+        # Same NFE conventions: AR one forward per token; linear_spec the prefill + 2 per cycle.
+        assert ar_f == hf_f == ours_ar.nfe[0] == len(ar)
+        assert ls_f == ours_ls.nfe[0] and ls_f % 2 == 1
+
+
+def test_bench_smoke(model, tmp_path):
+    # batch_prompts=1: the "slots" sides reuse the batch-1 programs, so the smoke compiles each mode once.
+    out = tmp_path / "bench.json"
+    res = bench_decode.run_decode_bench(model=model, n_prompts=2, max_new_tokens=8, block_length=8, repeats=1,
+                                        slots=1, batch_prompts=1, out=out)
+    assert set(res["sides"]) == set(bench_decode.SIDES)
+    for s, e in res["sides"].items():
+        assert e["tokens"] > 0 and e["forwards"] > 0 and e["tok_per_s"] > 0 and e["tpf"] > 0, s
+        assert e["timed_compiles"] == 0, s
+    # the lossless sides decode exactly what our AR decodes
+    for s in ("linear_spec/1", "linear_spec+lora/1", "twin_ar/1", "twin_linear_spec/1", "hf_generate/1"):
+        assert res["sides"][s]["identical_to_ar"] == 1.0, s
+    assert {r["name"] for r in res["ratios"]} == {r[0] for r in bench_decode.RATIOS}
+    table = bench_decode.format_table(res)
+    for s in bench_decode.SIDES:
+        assert f"| {s} |" in table
+    assert json.loads(out.read_text())["sides"].keys() == res["sides"].keys()
