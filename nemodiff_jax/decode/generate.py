@@ -328,10 +328,14 @@ def _result(model: Model, rows, out, wall: float, mode: str) -> GenerateResult:
 
 
 @sharding.under_params_mesh
-def generate(model: Model, prompts, **kwargs) -> GenerateResult:
+def generate(model: Model, prompts, *, mode: str = "ar", max_new_tokens: int = 128, block_length: int | None = None,
+             threshold=None, temperature=0.0, top_k=0, top_p=1.0, seed=0, policy: str = "threshold",
+             policy_params: dict | None = None, lora: bool | None = None, max_thinking_tokens: int | None = None,
+             end_think_token_id: int | None = None, cache_len: int | None = None,
+             batch_size: int | None = None) -> GenerateResult:
     """Generate continuations of ``prompts`` (strings need ``model.tokenizer``; or lists of ids).
 
-    Keywords (all optional):
+    Keywords:
     ``mode``: ``"ar"``, ``"diffusion"``, ``"linear_spec"`` or ``"quadratic_spec"``.
     ``max_new_tokens`` (128), ``block_length`` (the config's block size).
     ``threshold``: diffusion's confidence threshold (None = the quota schedule of docs/ALGORITHMS.md)
@@ -353,7 +357,10 @@ def generate(model: Model, prompts, **kwargs) -> GenerateResult:
     """
     from .engine import decode
 
-    p = prepare(model, prompts, **kwargs)
+    p = prepare(model, prompts, mode=mode, max_new_tokens=max_new_tokens, block_length=block_length,
+                threshold=threshold, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, policy=policy,
+                policy_params=policy_params, lora=lora, max_thinking_tokens=max_thinking_tokens,
+                end_think_token_id=end_think_token_id, cache_len=cache_len, batch_size=batch_size)
     t0 = time.perf_counter()
     out = decode(model.params, model.config, p.queue, spec=p.spec)
     out = jax.block_until_ready(sharding.replicated(out, p.mesh))
