@@ -104,11 +104,11 @@ class Knobs:
         return self.replace(limit=xp.clip(self.limit, 0, out_len))
 
     @property
-    def thinking(self) -> Bool[Array, "B"]:
+    def thinking(self) -> Bool[ArrayLike, "B"]:
         return (self.budget >= 0) & (self.end_think >= 0)
 
     @property
-    def all_greedy(self) -> Bool[Array, ""]:
+    def all_greedy(self) -> Bool[ArrayLike, ""]:
         """True when no row samples: the engine then takes the argmax-only path (no noise, no
         distributions), chosen at run time by ``lax.cond`` so temperature stays traced."""
         return jnp.all(self.temperature <= 0)

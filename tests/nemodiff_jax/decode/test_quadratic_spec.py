@@ -145,7 +145,7 @@ def test_thinking_budget_eos_and_no_recompile():
 @functools.partial(jax.jit, static_argnames=("cfg", "bk", "cycles", "width"))
 def _start_and_cycles(params, cfg, prompt, prompt_len, *, bk, cycles, width):
     b = prompt.shape[0]
-    kn = Knobs.make(b, max_new_tokens=MAX_NEW)
+    kn = jax.tree.map(jnp.asarray, Knobs.make(b, max_new_tokens=MAX_NEW))  # on device, as the engine passes them
     spec = LoopSpec(mode="quadratic_spec", block_length=bk, out_len=MAX_NEW, prompt_width=width,
                     cache_len=quadratic_cache_len(width, MAX_NEW, bk), slots=b)
     st = qs.start(params, cfg, prompt, prompt_len, jax.random.split(jax.random.key(0), b), kn, spec=spec)
