@@ -23,6 +23,8 @@ _EXPORTS = {
     "AttentionPolicy": "model.masks",
     "generate": "decode.generate",
     "GenerateResult": "decode.generate",
+    "stream": "decode.generate",
+    "StreamUpdate": "decode.generate",
     "load": "io.checkpoint",
     "make_mesh": "model.sharding",
     "shard_model": "model.sharding",
@@ -44,7 +46,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .decode.generate import GenerateResult, generate  # noqa: F401
+    from .decode.generate import GenerateResult, StreamUpdate, generate, stream  # noqa: F401
     from .io.checkpoint import load  # noqa: F401
     from .model.cache import KVCache  # noqa: F401
     from .model.config import NLDConfig  # noqa: F401

@@ -10,9 +10,10 @@ import textwrap
 
 from .common import MODES, CLIError, busy, consoles, encode_prompt, formatter, hint, load_model, note_random, run_generate
 
-REPLAY_NOTE = textwrap.fill("Streaming is a replay: generate() runs the whole decode loop on the device in one call; "
-               "afterwards the output is replayed pass by pass from stats['commit_pass'] (the forward pass "
-               "that committed each token), so the order and grouping are the decoder's but the pace is not.", 88)
+REPLAY_NOTE = textwrap.fill("Streaming: one plain-text prompt streams live (nd.stream returns to the host after every "
+               "round and prints the tokens decided so far). With several prompts or --show-canvas the output "
+               "is replayed pass by pass from stats['commit_pass'] (the forward pass that committed each "
+               "token): the order and grouping are the decoder's but the pace is not.", 88)
 
 GENERATE_EXAMPLES = """\
 examples:
@@ -218,6 +219,26 @@ def show(model, result, row: int, args, console, err_console) -> None:
     err_console.print(stats_line(result, row), style="dim", highlight=False, markup=False)
 
 
+def stream_live(model, prompts, kw):
+    """Print one prompt's continuation as the engine decides it (true streaming, not a replay)."""
+    from ..decode.generate import stream
+
+    tok = model.tokenizer
+    decode = tok.decode if tok else (lambda ids: " ".join(map(str, ids)) + " ")
+    shown, result = "", None
+    for upd in stream(model, prompts, every=1, **kw):
+        text = decode(upd.tokens[0])
+        if text.startswith(shown):
+            sys.stdout.write(text[len(shown):])
+        else:  # a tokenizer merge changed the tail: print the rest on a fresh line
+            sys.stdout.write("\n" + text)
+        sys.stdout.flush()
+        shown, result = text, upd.result
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return result
+
+
 # ---------------------------------------------------------------------- commands
 def cmd_generate(args) -> int:
     console, err = consoles()
@@ -235,6 +256,10 @@ def cmd_generate(args) -> int:
     prompts = [encode_prompt(model, t, args.chat, args.system, not args.no_bos) for t in prompts_text] + ids_given
     texts = prompts_text + [None] * len(ids_given)
     kw = knobs(args, model)
+    if len(prompts) == 1 and not (args.json or args.show_canvas or args.no_stream or args.warmup):
+        result = stream_live(model, prompts, kw)
+        err.print(stats_line(result, 0), style="dim", highlight=False, markup=False)
+        return 0
     with busy(err, f"generating ({args.mode}; the first call compiles) ..."):
         result = run_generate(model, prompts, kw, "generate", args.warmup)
     if args.json:

@@ -17,110 +17,43 @@ there (both traced; -1 switches it off).
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
-from flax import struct
-from jaxtyping import Array, Int
 
 from ..model import masks
 from . import sampling
 from ..model.forward import forward
-from ..model.cache import KVCache
-from ..model.config import NLDConfig
-from .common import DecodeOutput, positions_from, prefill
+from .common import choose, positions_from, prefilled
+from .knobs import Knobs, LoopSpec
+from .rows import Rows, commit, crop, finish, force_think, fresh
 
 
-@struct.dataclass
-class _Carry:
-    step: Int[Array, ""]
-    tokens: Int[Array, "B N"]
-    cache: KVCache
-    done: jax.Array
-    think_done: jax.Array
-    count: Int[Array, "B"]
-    key: jax.Array
+def _emit(cfg, r: Rows, logits, kn: Knobs) -> Rows:
+    """Choose from ``logits [B, V]``, force end-think at its index, commit one token."""
+    key, sub = sampling.split_rows(r.key)
+    tok = choose(logits, sub, kn, cfg.mask_token_id)[:, None]
+    live = ~r.done
+    tok, a = force_think(tok, jnp.ones_like(r.n_out), r.n_out, r.think_done, kn)
+    r, _ = commit(r.replace(key=key), tok, a, live, kn, eos=cfg.eos_token_id, mark=r.n_out + 1)
+    return r.replace(nfe=r.nfe + live.astype(jnp.int32), extra={"last": jnp.where(live, tok[:, 0], r.extra["last"])})
 
 
-def force_end_think(tok, index, think_done, max_thinking_tokens, end_think_id):
-    """Replace ``tok`` by the end-think id where the budget is spent and it was not emitted yet."""
-    budget = jnp.asarray(max_thinking_tokens, jnp.int32)
-    end = jnp.asarray(end_think_id, jnp.int32)
-    force = (budget >= 0) & (end >= 0) & (index >= budget) & ~think_done
-    tok = jnp.where(force, end, tok)
-    return tok, think_done | ((end >= 0) & (tok == end))
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "out_len", "cache_len"))
-def ar_decode(
-    params,
-    cfg: NLDConfig,
-    prompt: Int[Array, "B P"],
-    prompt_len: Int[Array, "B"],
-    key,
-    max_new_tokens,
-    temperature,
-    top_k,
-    top_p,
-    lora,
-    max_thinking_tokens,
-    end_think_id,
-    *,
-    out_len: int,
-    cache_len: int,
-) -> DecodeOutput:
-    """AR decode of ``[B, P]`` right-padded prompts into a static ``[B, out_len]`` buffer.
-
-    ``max_new_tokens`` (<= out_len), ``temperature``, ``top_k``, ``top_p``,
-    ``max_thinking_tokens`` and ``end_think_id`` are traced. ``lora`` is accepted for a
-    uniform signature and ignored: causal passes never use the draft LoRA (docs/ALGORITHMS.md, "Draft LoRA").
-    stats: ``commit_pass`` int32[B, N] (1-based NFE index of each token, -1 past the end).
-    """
-    del lora
+def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -> Rows:
     b = prompt.shape[0]
-    eos, pad = cfg.eos_token_id, cfg.pad_token_id
-    limit = jnp.minimum(jnp.asarray(max_new_tokens, jnp.int32), out_len)
-    cache = KVCache.init(cfg, b, cache_len, jnp.dtype(cfg.dtype))
-    logits, cache = prefill(params, cfg, prompt, prompt_len, cache)
+    logits, cache = prefilled(params, cfg, prompt, prompt_len, spec.cache_len)
+    r = fresh(b, spec.out_len, cfg.pad_token_id, keys, cache, {"last": jnp.zeros((b,), jnp.int32)})
+    r = r.replace(done=kn.limit <= 0)
+    return _emit(cfg, r, logits, kn)
 
-    def choose_and_write(c: _Carry, logits, key):
-        tok = sampling.choose(logits, key, temperature, top_k, top_p, cfg.mask_token_id)
-        tok, think_done = force_end_think(tok, c.count, c.think_done, max_thinking_tokens, end_think_id)
-        live = ~c.done
-        tokens = c.tokens.at[:, c.step].set(jnp.where(live, tok, c.tokens[:, c.step]))
-        count = c.count + live.astype(jnp.int32)
-        done = c.done | (tok == eos) | (count >= limit)
-        think_done = jnp.where(live, think_done, c.think_done)
-        return c.replace(tokens=tokens, count=count, done=done, think_done=think_done)
 
-    def body(c: _Carry) -> _Carry:
-        # Feed the last token (the choice that ends a row needs no forward after it).
-        length = c.cache.length
-        last = c.tokens[:, c.step - 1]
-        step_logits, cache = forward(
-            params, cfg, last[:, None], positions_from(length, 1), masks.causal(length, 1, b), c.cache, 0.0
-        )
-        cache = cache.with_length(jnp.where(c.done, length, length + 1))
-        key, sub = sampling.split_rows(c.key)
-        c = c.replace(cache=cache, key=key)
-        return choose_and_write(c, step_logits[:, 0], sub).replace(step=c.step + 1)
-
-    init = _Carry(
-        step=jnp.int32(0),
-        tokens=jnp.full((b, out_len), pad, jnp.int32),
-        cache=cache,
-        done=jnp.broadcast_to(limit <= 0, (b,)),
-        think_done=jnp.zeros((b,), bool),
-        count=jnp.zeros((b,), jnp.int32),
-        key=sampling.row_keys(key, b),
+def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
+    b, length = r.n_out.shape[0], r.cache.length
+    logits, cache = forward(
+        params, cfg, r.extra["last"][:, None], positions_from(length, 1), masks.causal(length, 1, b), r.cache, 0.0
     )
-    key, sub = sampling.split_rows(init.key)
-    c = choose_and_write(init.replace(key=key), logits, sub).replace(step=jnp.int32(1))
-    c = jax.lax.while_loop(lambda c: (c.step < out_len) & jnp.any(~c.done), body, c)
-    idx = jnp.arange(out_len, dtype=jnp.int32)[None, :]
-    valid = idx < c.count[:, None]
-    commit_pass = jnp.where(valid, idx + 1, -1)
-    return DecodeOutput(
-        tokens=jnp.where(valid, c.tokens, pad), num_tokens=c.count, nfe=c.count, stats={"commit_pass": commit_pass}
-    )
+    live = ~r.done
+    return _emit(cfg, r.replace(cache=crop(cache, live, 1)), logits[:, 0], kn)
+
+
+def result(r: Rows, kn: Knobs, *, spec: LoopSpec, pad: int) -> dict:
+    out = finish(r, pad, kn.limit)
+    return {"tokens": out.pop("tokens"), "num_tokens": out.pop("num_tokens"), "nfe": out.pop("nfe"), "stats": out}

@@ -22,6 +22,7 @@ from flax import struct
 from jaxtyping import Array, Float, Int
 
 from ..model import masks
+from . import sampling
 from ..model.cache import KVCache
 from ..model.config import NLDConfig
 from ..model.forward import final_logits, forward, forward_hidden
@@ -128,8 +129,8 @@ def prefill_with_window(
     prompt_len: Int[Array, "B"],
     cache: KVCache,
     window: Int[Array, "B W"],
-    lora=0.0,
     *,
+    lora=0.0,
     chunk: int | None = None,
 ) -> tuple[Float[Array, "B V"], Float[Array, "B W V"], KVCache]:
     """The "default" mask of quadratic speculation's bootstrap, in chunks.
@@ -156,3 +157,50 @@ def pad_prompts(prompts: list[list[int]], pad_id: int, bucket: int = 16) -> tupl
     width = -(-longest // bucket) * bucket
     arr = [list(p) + [pad_id] * (width - len(p)) for p in prompts]
     return jnp.asarray(arr, jnp.int32), jnp.asarray([len(p) for p in prompts], jnp.int32)
+
+
+def _bcast(x, ndim: int):
+    """A per-row ``[B]`` knob shaped to broadcast against an array of ``ndim`` dims."""
+    return jnp.reshape(x, x.shape + (1,) * (ndim - 1))
+
+
+def row_probs(logits: Float[Array, "B *W V"], kn, mask_token_id: int) -> Float[Array, "B *W V"]:
+    """Per-row sampling distributions (one-hot of the greedy token where a row's T == 0)."""
+    nd = logits.ndim
+    return sampling.probs(logits, _bcast(kn.temperature, nd), _bcast(kn.top_k, nd - 1),
+                          _bcast(kn.top_p, nd - 1), mask_token_id)
+
+
+def choose(logits: Float[Array, "B *W V"], keys, kn, mask_token_id: int) -> Int[Array, "B *W"]:
+    """Per-row token choice: argmax where T == 0, else a sample with the row's own key.
+
+    When every row is greedy (the common case) a ``lax.cond`` takes the argmax alone at run
+    time: no filtering, no noise. Temperature stays traced, so this never recompiles."""
+    nd = logits.ndim
+
+    def greedy(logits):
+        return sampling.greedy(logits, mask_token_id)
+
+    def sampled(logits):
+        f = sampling.filter_logits(logits, _bcast(kn.temperature, nd), _bcast(kn.top_k, nd - 1),
+                                   _bcast(kn.top_p, nd - 1), mask_token_id)
+        s = jax.vmap(lambda k, row: jax.random.categorical(k, row, axis=-1))(keys, f).astype(jnp.int32)
+        return jnp.where(_bcast(kn.temperature, nd - 1) > 0, s, greedy(logits))
+
+    return jax.lax.cond(kn.all_greedy, greedy, sampled, logits)
+
+
+def prefilled(params, cfg: NLDConfig, prompt: Int[Array, "B P"], prompt_len: Int[Array, "B"], cache_len: int):
+    """A fresh cache holding the prompts, and each row's last-prompt-token logits.
+
+    The one call site of :func:`prefill` for the AR, diffusion and linear modes, so a better
+    prefill (chunked, logits at the last position only) drops in here."""
+    cache = KVCache.init(cfg, prompt.shape[0], cache_len, jnp.dtype(cfg.dtype))
+    return prefill(params, cfg, prompt, prompt_len, cache)
+
+
+def select_keys(flags, new, old):
+    """Per-row ``where`` over PRNG key arrays (through their raw data)."""
+    nd_, od = jax.random.key_data(new), jax.random.key_data(old)
+    data = jnp.where(_bcast(flags, nd_.ndim), nd_, od)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(old))

@@ -27,27 +27,31 @@ Stats (all computed inside the jitted call, ``-1`` / ``0`` where not applicable)
 * ``tokens_per_pass`` int32[B, P]: the histogram of ``commit_pass`` (index = pass, 0 = the
   prefill), i.e. how many tokens each forward committed (P = 1 + the static NFE bound).
 * ``block_steps`` int32[B, N // block_length]: denoising steps spent on each block.
+
+Engine layout: the denoise loop and the commit pass are flattened into rounds of ONE forward
+per row; each row is in its own phase (denoise: bidirectional peek with the LoRA; commit:
+causal, no LoRA, writes the block's K/V). So rows of a batch or of slots never wait for the
+slowest row's block, and a streaming caller sees each row's current canvas between rounds.
+The row key is folded with the row's own NFE for the denoise draws and split once per commit,
+so a row's draws do not depend on the other rows.
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
-from flax import struct
 from jaxtyping import Array, Bool, Int
 
 from ..model import masks
 from . import sampling, unmask
 from ..model.forward import forward
-from ..model.cache import KVCache
-from ..model.config import NLDConfig
-from .common import DecodeOutput, positions_from, prefill
+from .common import choose, positions_from, prefilled, select_keys
+from .knobs import Knobs, LoopSpec
+from .rows import Rows, commit, crop, finish, fresh
 
 
 def eos_stop(x: Int[Array, "B L"], eos: int, mask_id: int) -> Bool[Array, "B"]:
-    """Rows whose block has an EOS with no mask to its left (docs/ALGORITHMS.md, "Block diffusion decoding" early exit)."""
+    """Rows whose block has an EOS with no mask to its left (the early exit of docs/ALGORITHMS.md, "Block diffusion decoding")."""
     length = x.shape[1]
     idx = jnp.arange(length, dtype=jnp.int32)[None, :]
     first_eos = jnp.min(jnp.where(x == eos, idx, length), axis=1)
@@ -55,178 +59,92 @@ def eos_stop(x: Int[Array, "B L"], eos: int, mask_id: int) -> Bool[Array, "B"]:
     return first_eos < first_mask
 
 
-@struct.dataclass
-class _Outer:
-    block: Int[Array, ""]
-    tokens: Int[Array, "B N"]
-    commit_pass: Int[Array, "B N"]
-    block_steps: Int[Array, "B NB"]
-    cache: KVCache
-    seed: Int[Array, "B"]
-    seed_pass: Int[Array, "B"]
-    done: Bool[Array, "B"]
-    think_done: Bool[Array, "B"]
-    nfe: Int[Array, "B"]
-    key: jax.Array
-
-
-@struct.dataclass
-class _Inner:
-    step: Int[Array, ""]
-    x: Int[Array, "B L"]
-    passes: Int[Array, "B L"]
-    cache: KVCache
-    nfe: Int[Array, "B"]
-    key: jax.Array
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "block_length", "out_len", "cache_len", "policy"))
-def diffusion_decode(
-    params,
-    cfg: NLDConfig,
-    prompt: Int[Array, "B P"],
-    prompt_len: Int[Array, "B"],
-    key,
-    max_new_tokens,
-    temperature,
-    top_k,
-    top_p,
-    threshold,
-    lora,
-    max_thinking_tokens,
-    end_think_id,
-    gamma=1.0,
-    *,
-    block_length: int,
-    out_len: int,
-    cache_len: int,
-    policy: str = "threshold",
-) -> DecodeOutput:
-    """Block-diffusion decode of ``[B, P]`` right-padded prompts into ``[B, out_len]``.
-
-    ``out_len`` must be a multiple of ``block_length``; ``max_new_tokens`` (traced) is
-    rounded down to a block multiple (callers validate it). ``policy`` names an
-    :mod:`~nemodiff_jax.decode.unmask` policy: ``threshold`` uses the traced ``threshold``, the
-    ranking policies the quota schedule (docs/ALGORITHMS.md, "Unmasking policies"), ``eb`` the traced ``gamma``. ``lora``
-    (traced, 0 or 1) scales the draft LoRA in the bidirectional denoise passes only; the
-    prefill and commit passes are plain causal passes of the base model.
-    """
-    if out_len % block_length:
-        raise ValueError(f"out_len ({out_len}) must be a multiple of block_length ({block_length})")
-    policy_fn = unmask.get(policy)
-    bl, b = block_length, prompt.shape[0]
-    eos, pad, mask_id = cfg.eos_token_id, cfg.pad_token_id, cfg.mask_token_id
-    n_blocks = out_len // bl
-    max_passes = n_blocks * (bl + 1)
-    limit_blocks = jnp.clip(jnp.asarray(max_new_tokens, jnp.int32) // bl, 0, n_blocks)
-    lora = jnp.asarray(lora, jnp.float32)
-    thr = jnp.asarray(threshold, jnp.float32)
-    gam = jnp.asarray(gamma, jnp.float32)
+def _block(cfg, seed, n_out, nfe, think_done, kn: Knobs, bl: int) -> dict:
+    """``[seed, M, ..., M]`` at generated index ``n_out``, end-think injected at its budget index
+    if still owed; per-token pass stamps; whether it needs denoising at all."""
+    m = cfg.mask_token_id
     offs = jnp.arange(bl, dtype=jnp.int32)[None, :]
+    x = jnp.where(offs == 0, seed[:, None], m)
+    at = jnp.maximum(kn.budget, n_out) - n_out
+    inject = kn.thinking & ~think_done & (at < bl)
+    x = jnp.where(inject[:, None] & (offs == at[:, None]), kn.end_think[:, None], x)
+    return {
+        "x": x,
+        "passes": jnp.where(x == m, -1, nfe[:, None]),
+        "n_masked0": jnp.sum(x == m, axis=1).astype(jnp.int32),
+        "steps": jnp.zeros_like(n_out),
+        "commit": ~(jnp.any(x == m, axis=1) & ~eos_stop(x, cfg.eos_token_id, m)),
+    }
 
-    cache = KVCache.init(cfg, b, cache_len, jnp.dtype(cfg.dtype))
-    logits, cache = prefill(params, cfg, prompt, prompt_len, cache)
-    key, sub = sampling.split_rows(sampling.row_keys(key, b))
-    seed = sampling.choose(logits, sub, temperature, top_k, top_p, mask_id)
 
-    def denoise(c: _Inner, live: Bool[Array, "B"], n_masked0: Int[Array, "B"]) -> _Inner:
-        length = c.cache.length
-        logits, cache = forward(
-            params, cfg, c.x, positions_from(length, bl), masks.bidirectional(length, bl, b), c.cache, lora
-        )
-        # Keyed by the row's own pass count: a row's draws do not depend on how many passes
-        # the other rows of the batch needed.
-        k_cand, k_pol = sampling.split_rows(sampling.fold_rows(c.key, c.nfe), 2)
-        cand = sampling.choose(logits, k_cand, temperature, top_k, top_p, mask_id)
-        masked = (c.x == mask_id) & live[:, None]
-        quota = unmask.quota_at(n_masked0, bl, c.step)
-        row_params = unmask.UnmaskParams(jnp.broadcast_to(thr, (b,)), jnp.broadcast_to(gam, (b,)), quota)
-        commit = jax.vmap(policy_fn)(logits, cand, masked, k_pol, row_params)
-        nfe = c.nfe + live.astype(jnp.int32)
-        return c.replace(
-            step=c.step + 1,
-            x=jnp.where(commit, cand, c.x),
-            passes=jnp.where(commit, nfe[:, None], c.passes),
-            cache=cache,
-            nfe=nfe,
-        )
+def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -> Rows:
+    """Causal prefill (not counted); the seed from the last prompt logits; block 0 set up."""
+    b, bl = prompt.shape[0], spec.block_length
+    kn = kn.replace(limit=(kn.limit // bl) * bl)
+    logits, cache = prefilled(params, cfg, prompt, prompt_len, spec.cache_len)
+    key, sub = sampling.split_rows(keys)
+    seed = choose(logits, sub, kn, cfg.mask_token_id)
+    zero = jnp.zeros((b,), jnp.int32)
+    extra = {**_block(cfg, seed, zero, zero, jnp.zeros((b,), bool), kn, bl), "block": zero,
+             "block_steps": jnp.zeros((b, spec.out_len // bl), jnp.int32)}
+    r = fresh(b, spec.out_len, cfg.pad_token_id, key, cache, extra)
+    return r.replace(done=kn.limit <= 0)
 
-    def block_body(o: _Outer) -> _Outer:
-        start = o.block * bl
-        live0 = ~o.done
-        # 1. [seed, M, ..., M], end-think injected at its budget index if still owed.
-        x = jnp.where(offs == 0, o.seed[:, None], mask_id)
-        budget = jnp.asarray(max_thinking_tokens, jnp.int32)
-        end = jnp.asarray(end_think_id, jnp.int32)
-        at = jnp.maximum(budget, start) - start
-        inject = (budget >= 0) & (end >= 0) & ~o.think_done & (at < bl)
-        x = jnp.where(inject[:, None] & (offs == at), end, x)
-        passes = jnp.where(offs == 0, o.seed_pass[:, None], jnp.where(x == mask_id, -1, o.nfe[:, None]))
-        n_masked0 = jnp.sum(x == mask_id, axis=1).astype(jnp.int32)
 
-        # 2. Denoise while some live row has masks left and no EOS before them.
-        def live_rows(c: _Inner) -> Bool[Array, "B"]:
-            return live0 & jnp.any(c.x == mask_id, axis=1) & ~eos_stop(c.x, eos, mask_id) & (c.step < bl)
+def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
+    """One forward per row: a denoise step, or the commit pass of a finished block."""
+    bl, b, m, eos = spec.block_length, r.n_out.shape[0], cfg.mask_token_id, cfg.eos_token_id
+    kn = kn.replace(limit=(kn.limit // bl) * bl)
+    x = r.extra
+    live, committing_ph = ~r.done, x["commit"]
+    denoising, committing = live & ~committing_ph, live & committing_ph
+    length = r.cache.length
+    policy = masks.mixed(length, jnp.where(committing_ph, bl, 0), bl, b)
+    logits, cache = forward(params, cfg, x["x"], positions_from(length, bl), policy, r.cache,
+                            jnp.where(committing_ph, 0.0, kn.lora))
+    nfe = r.nfe + live.astype(jnp.int32)
 
-        inner = _Inner(jnp.int32(0), x, passes, o.cache, o.nfe, o.key)
-        inner = jax.lax.while_loop(
-            lambda c: jnp.any(live_rows(c)), lambda c: denoise(c, live_rows(c), n_masked0), inner
-        )
-        x, steps = inner.x, inner.nfe - o.nfe
+    # Denoise rows: candidates, the unmask policy's commits.
+    k_cand, k_pol = sampling.split_rows(sampling.fold_rows(r.key, r.nfe), 2)
+    cand = choose(logits, k_cand, kn, m)
+    masked = (x["x"] == m) & denoising[:, None]
+    quota = unmask.quota_at(x["n_masked0"], bl, x["steps"])
+    fill = jax.vmap(unmask.get(spec.policy))(logits, cand, masked, k_pol,
+                                            unmask.UnmaskParams(kn.threshold, kn.gamma, quota))
+    blk = jnp.where(fill, cand, x["x"])
+    passes = jnp.where(fill, nfe[:, None], x["passes"])
+    steps = x["steps"] + denoising.astype(jnp.int32)
+    more = jnp.any(blk == m, axis=1) & ~eos_stop(blk, eos, m) & (steps < bl)
 
-        # 3. Causal commit pass: writes the block, advances the length, gives the next seed.
-        length = inner.cache.length
-        logits, cache = forward(
-            params, cfg, x, positions_from(length, bl), masks.causal(length, bl, b), inner.cache, 0.0
-        )
-        cache = cache.with_length(jnp.where(live0, length + bl, length))
-        nfe = inner.nfe + live0.astype(jnp.int32)
-        key, sub = sampling.split_rows(inner.key)
-        seed = sampling.choose(logits[:, -1], sub, temperature, top_k, top_p, mask_id)
-        think_done = o.think_done | (live0 & (end >= 0) & jnp.any(x == end, axis=1))
-        done = o.done | eos_stop(x, eos, mask_id) | (o.block + 1 >= limit_blocks)
+    # Commit rows: emit the block, advance the cache, the next seed and block.
+    key, sub = sampling.split_rows(r.key)
+    seed = choose(logits[:, -1], sub, kn, m)
+    r2, _ = commit(r, x["x"], jnp.full((b,), bl, jnp.int32), committing, kn, eos=eos, mark=x["passes"])
+    think = committing & kn.thinking & jnp.any(x["x"] == kn.end_think[:, None], axis=1)
+    r2 = r2.replace(think_done=r2.think_done | think)
+    nxt = _block(cfg, seed, r2.n_out, nfe, r2.think_done, kn, bl)
+    col = jnp.arange(x["block_steps"].shape[1], dtype=jnp.int32)[None, :]
+    c1 = committing[:, None]
+    extra = {
+        "x": jnp.where(c1, nxt["x"], blk),
+        "passes": jnp.where(c1, nxt["passes"], passes),
+        "n_masked0": jnp.where(committing, nxt["n_masked0"], x["n_masked0"]),
+        "steps": jnp.where(committing, 0, steps),
+        "commit": jnp.where(committing, nxt["commit"], jnp.where(denoising, ~more, committing_ph)),
+        "block": x["block"] + committing.astype(jnp.int32),
+        "block_steps": jnp.where(c1 & (col == x["block"][:, None]), x["steps"][:, None], x["block_steps"]),
+    }
+    return r2.replace(nfe=nfe, cache=crop(cache, committing, bl), extra=extra,
+                      key=select_keys(committing, key, r.key))
 
-        def put(buf, val):
-            old = jax.lax.dynamic_slice_in_dim(buf, start, bl, axis=1)
-            return jax.lax.dynamic_update_slice_in_dim(buf, jnp.where(live0[:, None], val, old), start, axis=1)
 
-        return o.replace(
-            block=o.block + 1,
-            tokens=put(o.tokens, x),
-            commit_pass=put(o.commit_pass, inner.passes),
-            block_steps=o.block_steps.at[:, o.block].set(jnp.where(live0, steps, 0)),
-            cache=cache,
-            seed=jnp.where(live0, seed, o.seed),
-            seed_pass=jnp.where(live0, nfe, o.seed_pass),
-            done=done,
-            think_done=think_done,
-            nfe=nfe,
-            key=key,
-        )
-
-    init = _Outer(
-        block=jnp.int32(0),
-        tokens=jnp.full((b, out_len), pad, jnp.int32),
-        commit_pass=jnp.full((b, out_len), -1, jnp.int32),
-        block_steps=jnp.zeros((b, n_blocks), jnp.int32),
-        cache=cache,
-        seed=seed,
-        seed_pass=jnp.zeros((b,), jnp.int32),
-        done=jnp.broadcast_to(limit_blocks <= 0, (b,)),
-        think_done=jnp.zeros((b,), bool),
-        nfe=jnp.zeros((b,), jnp.int32),
-        key=key,
-    )
-    o = jax.lax.while_loop(lambda o: (o.block < n_blocks) & jnp.any(~o.done), block_body, init)
-
-    # Cut each row after its first EOS (EOS kept) and after its decoded blocks.
-    idx = jnp.arange(out_len, dtype=jnp.int32)[None, :]
-    decoded = jnp.minimum(o.block, limit_blocks) * bl
-    first_eos = jnp.min(jnp.where(o.tokens == eos, idx, out_len), axis=1)
-    num = jnp.minimum(first_eos + 1, decoded).astype(jnp.int32)
-    valid = idx < num[:, None]
-    commit_pass = jnp.where(valid, o.commit_pass, -1)
+def result(r: Rows, kn: Knobs, *, spec: LoopSpec, pad: int) -> dict:
+    out = finish(r, pad, kn.limit)
+    b, bl = r.n_out.shape[0], spec.block_length
+    max_passes = (spec.out_len // bl) * (bl + 1)
+    cp = out["commit_pass"]
+    valid = cp >= 0
     hist = jnp.zeros((b, max_passes + 1), jnp.int32)
-    hist = hist.at[jnp.arange(b)[:, None], jnp.maximum(commit_pass, 0)].add(valid.astype(jnp.int32))
-    stats = {"commit_pass": commit_pass, "tokens_per_pass": hist, "block_steps": o.block_steps}
-    return DecodeOutput(tokens=jnp.where(valid, o.tokens, pad), num_tokens=num, nfe=o.nfe, stats=stats)
+    hist = hist.at[jnp.arange(b)[:, None], jnp.maximum(cp, 0)].add(valid.astype(jnp.int32))
+    stats = {"commit_pass": cp, "tokens_per_pass": hist, "block_steps": r.extra["block_steps"]}
+    return {"tokens": out["tokens"], "num_tokens": out["num_tokens"], "nfe": out["nfe"], "stats": stats}

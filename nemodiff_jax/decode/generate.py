@@ -1,14 +1,17 @@
 """The public generation API: one call, four modes from one checkpoint.
 
-``generate(model, prompts, mode=...)`` validates the knobs on the host, pads and buckets
-the prompts, and runs one jitted decode state machine (:mod:`nemodiff_jax.decode`).
+``generate(model, prompts, *, mode=...)`` validates the knobs on the host, pads and buckets
+the prompts, and runs the jitted decode engine (:mod:`nemodiff_jax.decode.engine`): every
+prompt goes through ``batch_size`` slots (default: all at once), a slot taking the next waiting
+prompt when its row ends. ``stream(model, prompts, *, every=K, ...)`` runs the same engine K
+rounds at a time and yields what is decided so far.
 
-What compiles: the config, the mode, the unmask policy, ``block_length`` and three bucketed
-shapes (the batch, the prompt width: a power of two >= 16, and the output buffer: a power
-of two >= 64 rounded up to a block multiple). ``max_new_tokens`` inside its bucket,
-``threshold``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``gamma``, ``ar_mix_weight``, ``lora`` and
-the thinking budget are traced, so changing them never recompiles (linear_spec's ``acceptance``
-rule is static).
+What compiles: the config, the mode, the unmask policy, ``block_length``, linear_spec's
+``acceptance`` rule, the number of prompts and of slots, and two bucketed shapes (the prompt
+width: a power of two >= 16, and the output buffer: a power of two >= 64 rounded up to a block
+multiple). ``max_new_tokens`` inside its bucket, ``threshold``, ``temperature``, ``top_k``,
+``top_p``, ``seed``, ``gamma``, ``ar_mix_weight``, ``lora`` and the thinking budget are traced
+per row, so changing them (or giving each prompt its own) never recompiles.
 
 How NFE (forward passes, per row) is counted, following docs/ALGORITHMS.md, "Counting NFE and TPF":
 
@@ -27,17 +30,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import unmask
+from . import sampling, unmask
 from ..model import sharding
 from ..model.forward import Model
+from .knobs import Knobs, LoopSpec, cache_needed
 
-MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec")
+from .knobs import MODES  # noqa: E402
 PROMPT_BUCKET_MIN = 16
 OUT_BUCKET_MIN = 64
 
@@ -118,22 +122,20 @@ POLICY_PARAMS = {
     "linear_spec": ("acceptance",),
     "quadratic_spec": ("ar_mix_weight",),
 }
+PER_ROW = ("threshold", "temperature", "top_k", "top_p")
 
 
-def _cache_needed(mode: str, width: int, out_len: int, bl: int) -> int:
-    if mode == "linear_spec":
-        from .linear_spec import linear_cache_len
-
-        return linear_cache_len(width, out_len, bl)
-    if mode == "quadratic_spec":
-        from .quadratic_spec import quadratic_cache_len
-
-        return quadratic_cache_len(width, out_len, bl)
-    return width + out_len + (bl if mode == "diffusion" else 0)
+def _per_row(name: str, value, n: int) -> list:
+    """A knob as ``n`` values: a scalar for every prompt, or one value per prompt."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        vals = list(value)
+        if len(vals) != n:
+            raise ValueError(f"{name}: got {len(vals)} values for {n} prompts; give one per prompt or a scalar")
+        return vals
+    return [value] * n
 
 
-def _check_knobs(cfg, mode, max_new_tokens, block_length, threshold, temperature, top_k, top_p, policy,
-                 max_thinking_tokens, end_think_token_id):
+def _check_knobs(cfg, mode, max_new_tokens, block_length, policy, max_thinking_tokens, end_think_token_id, rows):
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
@@ -144,16 +146,22 @@ def _check_knobs(cfg, mode, max_new_tokens, block_length, threshold, temperature
         raise ValueError(
             f"block_length ({block_length}) must divide max_new_tokens ({max_new_tokens}) in {mode} mode"
         )
-    if threshold is not None and (_not_number(threshold) or not 0.0 <= float(threshold) <= 1.0):
-        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-    if _not_number(temperature) or not 0 <= float(temperature) < float("inf"):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if mode == "quadratic_spec" and float(temperature) != 0:
-        raise ValueError(f"temperature must be 0 in quadratic_spec mode (it is greedy), got {temperature}")
-    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-    if _not_number(top_p) or not 0.0 < float(top_p) <= 1.0:
-        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    if len({t is None for t in rows["threshold"]}) > 1:
+        raise ValueError("threshold: None (the quota schedule) cannot be mixed with per-prompt values")
+    for threshold in rows["threshold"]:
+        if threshold is not None and (_not_number(threshold) or not 0.0 <= float(threshold) <= 1.0):
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    for temperature in rows["temperature"]:
+        if _not_number(temperature) or not 0 <= float(temperature) < float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if mode == "quadratic_spec" and float(temperature) != 0:
+            raise ValueError(f"temperature must be 0 in quadratic_spec mode (it is greedy), got {temperature}")
+    for top_k in rows["top_k"]:
+        if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    for top_p in rows["top_p"]:
+        if _not_number(top_p) or not 0.0 < float(top_p) <= 1.0:
+            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     if mode == "diffusion":
         unmask.get(policy)
     if max_thinking_tokens is not None:
@@ -211,48 +219,39 @@ def _keys(seed, n: int):
     return jax.random.wrap_key_data(data)
 
 
-@sharding.under_params_mesh
-def generate(
-    model: Model,
-    prompts,
-    mode: str = "ar",
-    max_new_tokens: int = 128,
-    block_length: int | None = None,
-    threshold: float | None = None,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    seed: int | Sequence[int] = 0,
-    policy: str = "threshold",
-    policy_params: dict | None = None,
-    lora: bool | None = None,
-    max_thinking_tokens: int | None = None,
-    end_think_token_id: int | None = None,
-    cache_len: int | None = None,
-) -> GenerateResult:
-    """Generate continuations of ``prompts`` (strings need ``model.tokenizer``; or lists of ids).
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A validated call: the static loop spec, the device-side queue, the prompts as lists."""
 
-    ``threshold``: diffusion's confidence threshold (None = the quota schedule, docs/ALGORITHMS.md, "Unmasking policies")
-    or linear speculation's draft threshold (None = 0: fill the block in one draft pass).
-    ``policy``: the diffusion unmask policy (:mod:`nemodiff_jax.decode.unmask`); ``policy_params``:
-    per-mode extras: diffusion ``gamma`` (``eb``, traced), linear_spec ``acceptance``
-    (``"speculative"`` or ``"match"``, static), quadratic_spec ``ar_mix_weight`` (traced, < 0 = off).
-    ``seed``: one int (row i samples with ``fold_in(key(seed), i)``) or one int per prompt (row i
-    samples with ``key(seed[i])`` alone, so its tokens depend only on its prompt, its seed and
-    the knobs, never on the other rows or its place in the batch).
-    ``lora``: use the draft LoRA in the bidirectional passes (default: when the model has one;
-    AR and quadratic_spec ignore it). ``cache_len``: static KV-cache slots (default and minimum: the prompt bucket
-    + the output bucket + the mode's window slack).
-    """
+    spec: LoopSpec
+    queue: Any
+    rows: list
+    mesh: Any = None
+
+
+def prepare(model: Model, prompts, *, mode: str = "ar", max_new_tokens: int = 128, block_length: int | None = None,
+            threshold=None, temperature=0.0, top_k=0, top_p=1.0, seed=0, policy: str = "threshold",
+            policy_params: dict | None = None, lora: bool | None = None, max_thinking_tokens: int | None = None,
+            end_think_token_id: int | None = None, cache_len: int | None = None,
+            batch_size: int | None = None) -> Prepared:
+    """Validate the knobs (errors name the knob), pad and bucket the prompts, build the spec and
+    the queue of per-prompt keys and knobs. :func:`generate` documents the arguments."""
+    from .engine import Queue
+
     cfg = model.config
     if block_length is None:
         block_length = cfg.block_size
     policy_params = dict(policy_params or {})
     for name in ("gamma", "ar_mix_weight"):
-        if name in policy_params and (_not_number(policy_params[name]) or not np.isfinite(policy_params[name])):
-            raise ValueError(f"policy_params[{name!r}] must be a finite number, got {policy_params[name]!r}")
-    _check_knobs(cfg, mode, max_new_tokens, block_length, threshold, temperature, top_k, top_p, policy,
-                 max_thinking_tokens, end_think_token_id)
+        given = policy_params.get(name, 0.0)
+        for v in (list(given) if isinstance(given, (list, tuple, np.ndarray)) else [given]):
+            if _not_number(v) or not np.isfinite(v):
+                raise ValueError(f"policy_params[{name!r}] must be a finite number, got {v!r}")
+    rows = _as_id_lists(model, prompts)
+    n = len(rows)
+    per = {k: _per_row(k, v, n) for k, v in
+           dict(threshold=threshold, temperature=temperature, top_k=top_k, top_p=top_p).items()}
+    _check_knobs(cfg, mode, max_new_tokens, block_length, policy, max_thinking_tokens, end_think_token_id, per)
     allowed = POLICY_PARAMS[mode]
     unknown = set(policy_params) - set(allowed)
     if unknown:
@@ -266,7 +265,8 @@ def generate(
         lora = model.has_lora
     if lora and not model.has_lora:
         raise ValueError("lora=True but the model has no draft LoRA (config.lora_rank == 0)")
-    rows = _as_id_lists(model, prompts)
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
 
     bl = 1 if mode == "ar" else block_length
     out_len = out_bucket(max_new_tokens, bl)
@@ -279,9 +279,9 @@ def generate(
             f"max_new_tokens: prompt ({longest}) + max_new_tokens ({max_new_tokens}) + slack ({slack}) "
             f"exceeds max_position_embeddings ({cfg.max_position_embeddings})"
         )
-    # The state machines write whole windows at static offsets: the cache must hold the padded
+    # The rounds write whole windows at static offsets: the cache must hold the padded
     # prompt, the output buffer and the widest window past the end.
-    required = _cache_needed(mode, width, out_len, bl)
+    required = cache_needed(mode, width, out_len, bl)
     if cache_len is None:
         cache_len = required
     elif cache_len < required:
@@ -289,55 +289,35 @@ def generate(
             f"cache_len ({cache_len}) is too small for {mode}: prompt bucket {width} + output bucket {out_len} "
             f"+ window slack needs {required} (prompt {longest}, max_new_tokens {max_new_tokens})"
         )
-
-    prompt = np.full((len(rows), width), cfg.pad_token_id, np.int32)
+    quota = per["threshold"][0] is None
+    name = "quota" if (mode == "diffusion" and policy == "threshold" and quota) else policy
+    spec = LoopSpec(mode=mode, block_length=bl, out_len=out_len, cache_len=cache_len, prompt_width=width,
+                    acceptance=acceptance if mode == "linear_spec" else "speculative",
+                    policy=name if mode == "diffusion" else "threshold", slots=min(batch_size or n, n))
+    knobs = Knobs.make(
+        n, max_new_tokens=max_new_tokens, temperature=np.asarray(per["temperature"], np.float32),
+        top_k=np.minimum(np.asarray(per["top_k"], np.int64), cfg.vocab_size).astype(np.int32), top_p=np.asarray(per["top_p"], np.float32),
+        threshold=np.asarray([0.0 if t is None else t for t in per["threshold"]], np.float32),
+        gamma=np.asarray(_per_row("gamma", policy_params.get("gamma", 1.0), n), np.float32),
+        lora=1.0 if lora else 0.0,
+        max_thinking_tokens=-1 if max_thinking_tokens is None else max_thinking_tokens,
+        end_think_id=-1 if end_think_token_id is None else end_think_token_id,
+        ar_mix_weight=float(policy_params.get("ar_mix_weight", -1.0)),
+    ).clipped(out_len)
+    prompt = np.full((n, width), cfg.pad_token_id, np.int32)
     for i, r in enumerate(rows):
         prompt[i, : len(r)] = r
-    prompt, prompt_len = jnp.asarray(prompt), jnp.asarray([len(r) for r in rows], jnp.int32)
-    key = _keys(seed, len(rows))
+    key = _keys(seed, n)
+    if key.shape == ():  # one int seed: prompt i folds in i
+        key = sampling.row_keys(key, n)
     mesh = sharding.mesh_of(model.params)  # sharded model: rows over "data" (issue 13)
-    prompt, prompt_len, key = (sharding.place_rows(x, mesh) for x in (prompt, prompt_len, key))
-    i32, f32 = jnp.int32, jnp.float32
-    max_new = i32(max_new_tokens)
-    think = i32(-1 if max_thinking_tokens is None else max_thinking_tokens)
-    end_think = i32(-1 if end_think_token_id is None else end_think_token_id)
-    temp, tk, tp = f32(temperature), i32(min(int(top_k), cfg.vocab_size)), f32(top_p)  # k >= V keeps all
-    lora_s = f32(1.0 if lora else 0.0)
+    prompt, prompt_len, key = (sharding.place_rows(x, mesh) for x in
+                               (jnp.asarray(prompt), jnp.asarray([len(r) for r in rows], jnp.int32), key))
+    queue = Queue(prompt=prompt, prompt_len=prompt_len, keys=key, knobs=knobs)
+    return Prepared(spec, queue, rows, mesh)
 
-    t0 = time.perf_counter()
-    if mode == "ar":
-        from .ar import ar_decode
 
-        out = ar_decode(model.params, cfg, prompt, prompt_len, key, max_new, temp, tk, tp, lora_s, think, end_think,
-                        out_len=out_len, cache_len=cache_len)
-    elif mode == "diffusion":
-        from .diffusion import diffusion_decode
-
-        name = "quota" if (policy == "threshold" and threshold is None) else policy
-        out = diffusion_decode(
-            model.params, cfg, prompt, prompt_len, key, max_new, temp, tk, tp,
-            f32(0.0 if threshold is None else threshold), lora_s, think, end_think,
-            f32(policy_params.get("gamma", 1.0)),
-            block_length=bl, out_len=out_len, cache_len=cache_len, policy=name,
-        )
-    elif mode == "linear_spec":
-        from .linear_spec import linear_spec_decode
-
-        out = linear_spec_decode(
-            model.params, cfg, prompt, prompt_len, key, max_new, temp, tk, tp,
-            f32(0.0 if threshold is None else threshold), lora_s, think, end_think,
-            block_length=bl, out_len=out_len, cache_len=cache_len, acceptance=acceptance,
-        )
-    else:
-        from .quadratic_spec import quadratic_spec_decode
-
-        out = quadratic_spec_decode(
-            model.params, cfg, prompt, prompt_len, key, max_new, think, end_think,
-            f32(policy_params.get("ar_mix_weight", -1.0)), block_length=bl, out_len=out_len, cache_len=cache_len,
-        )
-    out = jax.block_until_ready(sharding.replicated(out, mesh))
-    wall = time.perf_counter() - t0
-
+def _result(model: Model, rows, out, wall: float, mode: str) -> GenerateResult:
     tokens_np, num, nfe = np.asarray(out.tokens), np.asarray(out.num_tokens), np.asarray(out.nfe)
     tokens = [tokens_np[i, : int(num[i])].tolist() for i in range(len(rows))]
     nfe_l = [int(x) for x in nfe]
@@ -345,3 +325,92 @@ def generate(
     texts = [model.tokenizer.decode(t) for t in tokens] if model.tokenizer is not None else None
     stats = {k: np.asarray(v) for k, v in out.stats.items()}
     return GenerateResult(tokens, nfe_l, tpf, stats, wall, mode, texts)
+
+
+@sharding.under_params_mesh
+def generate(model: Model, prompts, *, mode: str = "ar", max_new_tokens: int = 128, block_length: int | None = None,
+             threshold=None, temperature=0.0, top_k=0, top_p=1.0, seed=0, policy: str = "threshold",
+             policy_params: dict | None = None, lora: bool | None = None, max_thinking_tokens: int | None = None,
+             end_think_token_id: int | None = None, cache_len: int | None = None,
+             batch_size: int | None = None) -> GenerateResult:
+    """Generate continuations of ``prompts`` (strings need ``model.tokenizer``; or lists of ids).
+
+    Keywords:
+    ``mode``: ``"ar"``, ``"diffusion"``, ``"linear_spec"`` or ``"quadratic_spec"``.
+    ``max_new_tokens`` (128), ``block_length`` (the config's block size).
+    ``threshold``: diffusion's confidence threshold (None = the quota schedule of docs/ALGORITHMS.md)
+    or linear speculation's draft threshold (None = 0: fill the block in one draft pass).
+    ``temperature`` / ``top_k`` / ``top_p``: sampling (0 / 0 / 1 = greedy). ``threshold``,
+    ``temperature``, ``top_k`` and ``top_p`` take a scalar or one value per prompt.
+    ``policy``: the diffusion unmask policy (:mod:`nemodiff_jax.unmask`); ``policy_params``:
+    per-mode extras: diffusion ``gamma`` (``eb``, traced, a scalar or one per prompt), linear_spec ``acceptance``
+    (``"speculative"`` or ``"match"``, static), quadratic_spec ``ar_mix_weight`` (traced, < 0 = off).
+    ``seed``: one int (prompt i samples with ``fold_in(key(seed), i)``) or one int per prompt
+    (prompt i samples with ``key(seed[i])`` alone, so its tokens depend only on its prompt, its
+    seed and the knobs, never on the other prompts or its place in the batch).
+    ``lora``: use the draft LoRA in the bidirectional passes (default: when the model has one;
+    AR and quadratic_spec ignore it). ``max_thinking_tokens`` / ``end_think_token_id``: the thinking budget.
+    ``cache_len``: static KV-cache slots (default and minimum: the prompt bucket + the output
+    bucket + the mode's window slack). ``batch_size``: slots decoded at once (default: every
+    prompt at once); with fewer slots than prompts, a slot whose row ends takes the next
+    waiting prompt, and every result equals that prompt run alone.
+    """
+    from .engine import decode
+
+    p = prepare(model, prompts, mode=mode, max_new_tokens=max_new_tokens, block_length=block_length,
+                threshold=threshold, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, policy=policy,
+                policy_params=policy_params, lora=lora, max_thinking_tokens=max_thinking_tokens,
+                end_think_token_id=end_think_token_id, cache_len=cache_len, batch_size=batch_size)
+    t0 = time.perf_counter()
+    out = decode(model.params, model.config, p.queue, spec=p.spec)
+    out = jax.block_until_ready(sharding.replicated(out, p.mesh))
+    return _result(model, p.rows, out, time.perf_counter() - t0, p.spec.mode)
+
+
+@dataclasses.dataclass
+class StreamUpdate:
+    """What :func:`stream` yields: per prompt, the tokens decided so far and whether it is done;
+    for diffusion also each running row's current block (mask ids where undecided)."""
+
+    tokens: list[list[int]]
+    finished: list[bool]
+    canvas: list[list[int]] | None = None
+    texts: list[str] | None = None
+    result: GenerateResult | None = None  # on the last yield: what generate() returns
+
+
+def stream(model: Model, prompts, *, every: int = 1, **kwargs) -> Iterator[StreamUpdate]:
+    """Run :func:`generate`'s engine ``every`` rounds at a time, yielding what is decided so far.
+
+    A round is one forward per row (an AR token, a denoise or commit pass, a draft or verify
+    pass, a quadratic cycle). The tokens of a yield are final (speculative modes only yield
+    verified tokens); the last yield has every prompt finished and equals :func:`generate`.
+    The compiled programs do not depend on ``every``."""
+    from . import engine
+
+    if not isinstance(every, (int, np.integer)) or every < 1:
+        raise ValueError(f"every must be a positive integer, got {every!r}")
+    p = prepare(model, prompts, **kwargs)
+    cfg, params = model.config, model.params
+    t0 = time.perf_counter()
+    e, queue = engine.start(params, cfg, p.queue, spec=p.spec)
+    p = dataclasses.replace(p, queue=queue)
+    while True:
+        e = engine.advance(params, cfg, e, p.queue, every, spec=p.spec)
+        view = jax.device_get(engine.peek(cfg, e, p.queue, spec=p.spec))
+        toks = [view["tokens"][i, : int(view["num_tokens"][i])].tolist() for i in range(len(p.rows))]
+        done = not engine.busy(e, p.queue)
+        upd = StreamUpdate(toks, [bool(x) for x in view["finished"]] if not done else [True] * len(toks))
+        if "canvas" in view:
+            upd.canvas = view["canvas"].tolist()
+        if model.tokenizer is not None:
+            upd.texts = [model.tokenizer.decode(t) for t in toks]
+        if done:
+            from .common import DecodeOutput
+
+            out = DecodeOutput(tokens=e.out["tokens"], num_tokens=e.out["num_tokens"], nfe=e.out["nfe"],
+                               stats=e.out["stats"])
+            upd.result = _result(model, p.rows, out, time.perf_counter() - t0, p.spec.mode)
+        yield upd
+        if done:
+            return

@@ -1,7 +1,7 @@
 """Sampler ablation: a grid over unmasking policy x threshold x block length x temperature x LoRA
 for block diffusion, giving the accuracy-vs-TPF table and its Pareto front.
 
-What compiles: ``diffusion_decode`` is keyed by the policy, the block length and the shapes;
+What compiles: the decode engine (``generate``) is keyed by the policy, the block length and the shapes;
 threshold, gamma, temperature and LoRA are traced. So each (policy, block length) group
 compiles once and its other rows reuse the program; every row records the compilations it
 caused (``compiles``), which shows it. With ``fuse`` (default), the threshold (or ``eb``'s gamma)
@@ -18,8 +18,6 @@ import itertools
 import time
 from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .. import guard
@@ -106,34 +104,15 @@ ROW_FIELDS = (
 
 def _diffusion_rows(model, rows: list[list[int]], *, policy, block_length, max_new_tokens, temperature, lora,
                     thresholds: np.ndarray, gammas: np.ndarray, seed: int):
-    """One jitted ``diffusion_decode`` call whose rows each carry their own threshold and gamma,
-    laid out exactly as ``generate`` lays them out (same buckets, same cache)."""
-    from ..decode.diffusion import diffusion_decode
+    """One ``generate`` call whose prompts each carry their own threshold and gamma (per-row
+    knobs of the engine: one compiled program for the whole grid)."""
+    from ..decode.generate import generate
 
-    cfg = model.config
-    bl = block_length
-    out_len = out_bucket(max_new_tokens, bl)
-    longest = max(len(r) for r in rows)
-    width = prompt_bucket(longest)
-    cache_len = width + out_len + bl
-    prompt = np.full((len(rows), width), cfg.pad_token_id, np.int32)
-    for i, r in enumerate(rows):
-        prompt[i, : len(r)] = r
-    f32, i32 = jnp.float32, jnp.int32
-    # One value for every row: pass scalars, exactly as generate does, so the program is shared.
-    thr = f32(thresholds[0]) if np.all(thresholds == thresholds[0]) else jnp.asarray(thresholds, f32)
-    gam = f32(gammas[0]) if np.all(gammas == gammas[0]) else jnp.asarray(gammas, f32)
-    t0 = time.perf_counter()
-    out = diffusion_decode(
-        model.params, cfg, jnp.asarray(prompt), jnp.asarray([len(r) for r in rows], i32), jax.random.key(seed),
-        i32(max_new_tokens), f32(temperature), i32(0), f32(1.0), thr, f32(1.0 if lora else 0.0),
-        i32(-1), i32(-1), gam,
-        block_length=bl, out_len=out_len, cache_len=cache_len, policy=policy,
-    )
-    out = jax.block_until_ready(out)
-    wall = time.perf_counter() - t0
-    toks, num, nfe = np.asarray(out.tokens), np.asarray(out.num_tokens), np.asarray(out.nfe)
-    return [toks[i, : int(num[i])].tolist() for i in range(len(rows))], [int(x) for x in nfe], wall
+    res = generate(model, rows, mode="diffusion", policy=policy, block_length=block_length,
+                   max_new_tokens=max_new_tokens, temperature=temperature, lora=bool(lora),
+                   threshold=[float(t) for t in thresholds], policy_params={"gamma": [float(g) for g in gammas]},
+                   seed=seed)
+    return res.tokens, res.nfe, res.wall_time
 
 
 def run_sweep(

@@ -76,7 +76,10 @@ class Attention(nn.Module):
             lora_b = self.param("lora_b", nn.initializers.zeros, (c.lora_rank, h), dt)
             flat = out.reshape(*out.shape[:2], nq * d)
             delta = (flat @ lora_a) @ lora_b
-            y = y + (jnp.asarray(lora, jnp.float32) * c.lora_scale).astype(y.dtype) * delta
+            scale = jnp.asarray(lora, jnp.float32) * c.lora_scale
+            if scale.ndim == 1:  # a per-row switch [B]: rows of one forward may differ
+                scale = scale[:, None, None]
+            y = y + scale.astype(y.dtype) * delta
         return y, new_kv
 
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nemodiff_jax.decode.ar import ar_decode
+from nemodiff_jax.decode import engine
 from tests.nemodiff_jax.decode.tiny import ar_oracle, pad, prompts, relabel, swap_ids, tiny_model
 
 LENGTHS = [5, 11, 3]
@@ -15,10 +15,9 @@ OUT, CACHE = 64, 80  # the shapes generate() uses for these prompts, so compiles
 
 def run(model, rows, max_new, temperature=0.0, think=-1, end_think=-1, seed=0):
     p, pl = pad(rows)
-    return ar_decode(
-        model.params, model.config, p, pl, jax.random.key(seed), jnp.int32(max_new), jnp.float32(temperature),
-        jnp.int32(0), jnp.float32(1.0), jnp.float32(0.0), jnp.int32(think), jnp.int32(end_think),
-        out_len=OUT, cache_len=CACHE,
+    return engine.run(
+        model.params, model.config, p, pl, jax.random.key(seed), mode="ar", out_len=OUT, cache_len=CACHE,
+        max_new_tokens=max_new, temperature=temperature, max_thinking_tokens=think, end_think_id=end_think,
     )
 
 
@@ -52,12 +51,12 @@ def test_per_row_eos_and_no_recompile():
         n = int(out.num_tokens[i])
         assert np.asarray(out.tokens[i, :n]).tolist() == expect
         assert int(out.nfe[i]) == len(expect)  # a finished row stops counting
-    size = ar_decode._cache_size()
+    size = engine.decode._cache_size()
     for max_new, t, seed in [(7, 0.0, 0), (12, 0.8, 1), (16, 1.5, 2)]:
         o = run(m2, rows2, max_new, temperature=t, seed=seed)
         assert np.all(np.asarray(o.num_tokens) <= max_new)
         assert not np.any(np.asarray(o.tokens) == m.config.mask_token_id)
-    assert ar_decode._cache_size() == size
+    assert engine.decode._cache_size() == size
 
 
 def test_thinking_budget_forces_end_think():

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nemodiff_jax.decode.ar import ar_decode
-from nemodiff_jax.decode.diffusion import diffusion_decode
+from nemodiff_jax.decode import engine
 from tests.nemodiff_jax.decode.tiny import (
     greedy_np, pad, prompts, relabel, seq_logits, softmax_np, swap_ids, tiny_model,
 )
@@ -20,11 +19,10 @@ BL, OUT = 4, 64  # with cache_len 16 + OUT + block: the shapes generate() uses, 
 def run(model, rows, max_new, threshold=0.5, policy="threshold", temperature=0.0, block_length=BL, seed=0,
         think=-1, end_think=-1):
     p, pl = pad(rows)
-    return diffusion_decode(
-        model.params, model.config, p, pl, jax.random.key(seed), jnp.int32(max_new), jnp.float32(temperature),
-        jnp.int32(0), jnp.float32(1.0), jnp.float32(threshold), jnp.float32(0.0), jnp.int32(think),
-        jnp.int32(end_think), jnp.float32(1.0),
-        block_length=block_length, out_len=OUT, cache_len=16 + OUT + block_length, policy=policy,
+    return engine.run(
+        model.params, model.config, p, pl, jax.random.key(seed), mode="diffusion", block_length=block_length,
+        out_len=OUT, cache_len=16 + OUT + block_length, policy=policy, max_new_tokens=max_new,
+        temperature=temperature, threshold=threshold, max_thinking_tokens=think, end_think_id=end_think,
     )
 
 
@@ -126,10 +124,8 @@ def test_block_length_one_equals_ar():
     m = tiny_model()
     rows = prompts(LENGTHS)
     p, pl = pad(rows)
-    ar = ar_decode(
-        m.params, m.config, p, pl, jax.random.key(0), jnp.int32(12), jnp.float32(0.0), jnp.int32(0),
-        jnp.float32(1.0), jnp.float32(0.0), jnp.int32(-1), jnp.int32(-1), out_len=OUT, cache_len=16 + OUT,
-    )
+    ar = engine.run(m.params, m.config, p, pl, jax.random.key(0), mode="ar", out_len=OUT, cache_len=16 + OUT,
+                    max_new_tokens=12)
     d = run(m, rows, 12, block_length=1)
     np.testing.assert_array_equal(d.tokens, ar.tokens)
     np.testing.assert_array_equal(d.nfe, ar.nfe)
@@ -149,12 +145,12 @@ def test_eos_early_exit_and_no_recompile():
         assert np.asarray(out.tokens[i, :n]).tolist() == expect
         assert int(out.nfe[i]) == nfe
     assert int(out.num_tokens[0]) <= 6
-    size = diffusion_decode._cache_size()
+    size = engine.decode._cache_size()
     for max_new, thr, t, seed in [(8, 0.9, 0.0, 0), (12, 0.1, 0.7, 1), (16, 0.5, 1.2, 2)]:
         o = run(m2, rows2, max_new, threshold=thr, temperature=t, seed=seed)
         assert np.all(np.asarray(o.num_tokens) <= max_new)
         assert not np.any(np.asarray(o.tokens) == m.config.mask_token_id)
-    assert diffusion_decode._cache_size() == size
+    assert engine.decode._cache_size() == size
 
 
 def test_thinking_budget_injects_end_think():

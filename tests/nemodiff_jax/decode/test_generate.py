@@ -10,8 +10,7 @@ import sys
 import nemodiff_jax.decode.generate
 
 gen_mod = sys.modules["nemodiff_jax.decode.generate"]
-from nemodiff_jax.decode.ar import ar_decode
-from nemodiff_jax.decode.diffusion import diffusion_decode
+from nemodiff_jax.decode import engine
 from nemodiff_jax.decode.generate import generate
 from tests.nemodiff_jax.decode.tiny import ar_oracle, prompts, tiny_model
 
@@ -115,15 +114,14 @@ def test_no_recompile_across_sweeps():
     m = tiny_model()
     generate(m, ROWS, mode="diffusion", max_new_tokens=12, block_length=4, threshold=0.3)
     generate(m, ROWS, mode="ar", max_new_tokens=12)
-    d0, a0 = diffusion_decode._cache_size(), ar_decode._cache_size()
+    size = engine.decode._cache_size()
     for i, (max_new, thr, t, seed) in enumerate([(8, 0.9, 0.0, 1), (20, 0.1, 0.8, 2), (64, 0.5, 1.3, 3)]):
         r = generate(m, ROWS, mode="diffusion", max_new_tokens=max_new, block_length=4, threshold=thr,
                      temperature=t, seed=seed, top_k=5 * i, top_p=1.0 - 0.1 * i)
         assert all(len(x) <= max_new for x in r.tokens)
         generate(m, ROWS, mode="ar", max_new_tokens=max_new, temperature=t, seed=seed, top_k=3 * i,
                  max_thinking_tokens=i, end_think_token_id=7)
-    assert diffusion_decode._cache_size() == d0
-    assert ar_decode._cache_size() == a0
+    assert engine.decode._cache_size() == size
 
 
 def test_text_io_and_result_fields():

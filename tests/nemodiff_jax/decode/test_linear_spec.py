@@ -16,7 +16,8 @@ from scipy import stats as sps
 
 import nemodiff_jax as nd
 from nemodiff_jax.model import masks
-from nemodiff_jax.decode.linear_spec import linear_cache_len, linear_spec_decode
+from nemodiff_jax.decode import engine
+from nemodiff_jax.decode.linear_spec import linear_cache_len
 from tests.nemodiff_jax.decode.tiny import (
     ORACLE_WIDTH, TINY, greedy_np, pad, prompts, relabel, seq_logits, softmax_np, swap_ids,
 )
@@ -59,11 +60,11 @@ def lora_model(variant: int = 0) -> nd.Model:
 def run(model, rows, max_new=MAX_NEW, *, bk=4, temperature=0.0, top_k=0, top_p=1.0, threshold=0.0, lora=1.0,
         think=-1, end_think=-1, seed=0, acceptance="speculative"):
     p, pl = pad(rows)
-    return linear_spec_decode(
-        model.params, model.config, p, pl, key(seed), jnp.int32(max_new), jnp.float32(temperature),
-        jnp.int32(top_k), jnp.float32(top_p), jnp.float32(threshold), jnp.float32(lora), jnp.int32(think),
-        jnp.int32(end_think), block_length=bk, out_len=OUT, cache_len=linear_cache_len(p.shape[1], OUT, bk),
-        acceptance=acceptance,
+    return engine.run(
+        model.params, model.config, p, pl, key(seed), mode="linear_spec", block_length=bk, out_len=OUT,
+        cache_len=linear_cache_len(p.shape[1], OUT, bk), acceptance=acceptance, max_new_tokens=max_new,
+        temperature=temperature, top_k=top_k, top_p=top_p, threshold=threshold, lora=lora,
+        max_thinking_tokens=think, end_think_id=end_think,
     )
 
 
@@ -226,13 +227,13 @@ def test_no_recompile_across_knobs():
     m = lora_model(1)
     rows = prompts(LENGTHS)
     run(m, rows)
-    size = linear_spec_decode._cache_size()
+    size = engine.decode._cache_size()
     sweep = [(7, 0.0, 0.5, 1, 0, 1.0), (12, 0.8, 0.0, 2, 5, 0.9), (3, 1.5, 0.7, 3, 0, 1.0)]
     for max_new, t, thr, seed, tk, tp in sweep:
         o = run(m, rows, max_new, temperature=t, threshold=thr, seed=seed, top_k=tk, top_p=tp, think=2, end_think=9)
         assert np.all(np.asarray(o.num_tokens) <= max_new)
         assert not np.any(np.asarray(o.tokens) == m.config.mask_token_id)
-    assert linear_spec_decode._cache_size() == size
+    assert engine.decode._cache_size() == size
 
 
 def test_per_row_eos():
@@ -256,8 +257,8 @@ def test_cache_too_small_raises():
     m = lora_model(0)
     p, pl = pad(prompts(LENGTHS))
     with pytest.raises(ValueError, match="cache_len"):
-        linear_spec_decode(m.params, m.config, p, pl, key(0), 4, 0.0, 0, 1.0, 0.0, 1.0, -1, -1,
-                           block_length=4, out_len=OUT, cache_len=OUT)
+        engine.run(m.params, m.config, p, pl, key(0), mode="linear_spec", block_length=4, out_len=OUT,
+                   cache_len=OUT, max_new_tokens=4, lora=1.0)
 
 
 # --- speculative sampling follows the AR distribution ----------------------------------
@@ -310,11 +311,10 @@ def exact_ar_distribution(model, prompt):
 
 def run_many(model, prompt, acceptance, temperature=TEMP, seed=11):
     p, pl = pad([prompt] * DIST_ROWS)
-    return linear_spec_decode(
-        model.params, model.config, p, pl, key(seed), jnp.int32(DIST_NEW), jnp.float32(temperature),
-        jnp.int32(TOP_K), jnp.float32(1.0), jnp.float32(0.0), jnp.float32(1.0), jnp.int32(-1), jnp.int32(-1),
-        block_length=DIST_BK, out_len=DIST_NEW, cache_len=linear_cache_len(p.shape[1], DIST_NEW, DIST_BK),
-        acceptance=acceptance,
+    return engine.run(
+        model.params, model.config, p, pl, key(seed), mode="linear_spec", block_length=DIST_BK, out_len=DIST_NEW,
+        cache_len=linear_cache_len(p.shape[1], DIST_NEW, DIST_BK), acceptance=acceptance,
+        max_new_tokens=DIST_NEW, temperature=temperature, top_k=TOP_K, lora=1.0,
     )
 
 

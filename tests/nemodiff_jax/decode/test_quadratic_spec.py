@@ -14,7 +14,9 @@ import pytest
 from nemodiff_jax.model.cache import KVCache
 from nemodiff_jax.decode import quadratic_spec as qs
 from nemodiff_jax.decode.common import prefill
-from nemodiff_jax.decode.quadratic_spec import quadratic_cache_len, quadratic_spec_decode
+from nemodiff_jax.decode import engine
+from nemodiff_jax.decode.knobs import Knobs, LoopSpec
+from nemodiff_jax.decode.quadratic_spec import quadratic_cache_len
 from tests.nemodiff_jax.decode.test_linear_spec import brute_greedy, key, lora_model
 from tests.nemodiff_jax.decode.tiny import greedy_np, pad, prompts, relabel, seq_logits, swap_ids
 
@@ -25,9 +27,10 @@ MAX_NEW = 12
 
 def run(model, rows, max_new=MAX_NEW, *, bk=4, think=-1, end_think=-1, mix=-1.0):
     p, pl = pad(rows)
-    return quadratic_spec_decode(
-        model.params, model.config, p, pl, key(0), jnp.int32(max_new), jnp.int32(think), jnp.int32(end_think),
-        jnp.float32(mix), block_length=bk, out_len=OUT, cache_len=quadratic_cache_len(p.shape[1], OUT, bk),
+    return engine.run(
+        model.params, model.config, p, pl, key(0), mode="quadratic_spec", block_length=bk, out_len=OUT,
+        cache_len=quadratic_cache_len(p.shape[1], OUT, bk), max_new_tokens=max_new, max_thinking_tokens=think,
+        end_think_id=end_think, ar_mix_weight=mix,
     )
 
 
@@ -115,7 +118,7 @@ def test_thinking_budget_eos_and_no_recompile():
     m = lora_model(1)
     rows = prompts(LENGTHS)
     run(m, rows)
-    size = quadratic_spec_decode._cache_size()
+    size = engine.decode._cache_size()
     out = run(m, rows, think=5, end_think=41)
     for i, r in enumerate(rows):
         n = int(out.num_tokens[i])
@@ -136,15 +139,17 @@ def test_thinking_budget_eos_and_no_recompile():
         n = int(out.num_tokens[i])
         assert np.asarray(out.tokens[i, :n]).tolist() == brute_greedy(m2, r, MAX_NEW)
         assert reference_quadratic(m2, r, MAX_NEW, 4)[1] == int(out.nfe[i])  # finished rows stop counting
-    assert quadratic_spec_decode._cache_size() == size
+    assert engine.decode._cache_size() == size
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "bk", "cycles", "width"))
 def _start_and_cycles(params, cfg, prompt, prompt_len, *, bk, cycles, width):
-    kn = qs.make_quad_knobs(MAX_NEW, -1, -1, -1.0, MAX_NEW)
-    st = qs.quadratic_start(params, cfg, prompt, prompt_len, kn, block_length=bk, out_len=MAX_NEW,
-                            cache_len=quadratic_cache_len(width, MAX_NEW, bk))
-    return jax.lax.fori_loop(0, cycles, lambda _, s: qs.quadratic_cycle(params, cfg, s, kn, block_length=bk), st)
+    b = prompt.shape[0]
+    kn = jax.tree.map(jnp.asarray, Knobs.make(b, max_new_tokens=MAX_NEW))  # on device, as the engine passes them
+    spec = LoopSpec(mode="quadratic_spec", block_length=bk, out_len=MAX_NEW, prompt_width=width,
+                    cache_len=quadratic_cache_len(width, MAX_NEW, bk), slots=b)
+    st = qs.start(params, cfg, prompt, prompt_len, jax.random.split(jax.random.key(0), b), kn, spec=spec)
+    return jax.lax.fori_loop(0, cycles, lambda _, s: qs.step(params, cfg, s, kn, spec=spec), st)
 
 
 def test_cache_holds_causal_kv_of_committed_tokens():
@@ -171,5 +176,5 @@ def test_cache_too_small_raises():
     m = lora_model(0)
     p, pl = pad(prompts(LENGTHS))
     with pytest.raises(ValueError, match="cache_len"):
-        quadratic_spec_decode(m.params, m.config, p, pl, key(0), 4, -1, -1, block_length=4, out_len=OUT,
-                              cache_len=OUT + p.shape[1])
+        engine.run(m.params, m.config, p, pl, key(0), mode="quadratic_spec", block_length=4, out_len=OUT,
+                   cache_len=OUT + p.shape[1], max_new_tokens=4)
