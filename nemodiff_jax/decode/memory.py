@@ -33,47 +33,42 @@ def kv_cache_bytes(cfg: NLDConfig, batch: int, cache_len: int, dtype) -> int:
 
 def decode_shapes(mode: str, prompt: int, new: int, block_length: int) -> dict:
     """The static shapes ``generate`` compiles for these lengths."""
-    from .generate import _cache_needed, out_bucket, prompt_bucket
+    from .generate import out_bucket, prompt_bucket
+    from .knobs import cache_needed
 
     bl = 1 if mode == "ar" else block_length
     width = prompt_bucket(prompt)
     out_len = out_bucket(new, bl)
-    return dict(block_length=bl, width=width, out_len=out_len, cache_len=_cache_needed(mode, width, out_len, bl))
+    return dict(block_length=bl, width=width, out_len=out_len, cache_len=cache_needed(mode, width, out_len, bl))
 
 
 def lower_decode(cfg: NLDConfig, *, mode: str, batch: int, prompt: int, new: int, block_length: int | None = None):
-    """``(lowered, shapes)``: the mode's jitted decode lowered on abstract params and prompts."""
+    """``(lowered, shapes)``: the engine's jitted decode for ``mode`` lowered on abstract params and prompts."""
+    from . import engine
+    from .knobs import Knobs
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     bl = cfg.block_size if block_length is None else block_length
     sh = decode_shapes(mode, prompt, new, bl)
     params = abstract_params(cfg)
-    i32, f32 = jnp.int32, jnp.float32
-    tok = jax.ShapeDtypeStruct((batch, sh["width"]), i32)
-    plen = jax.ShapeDtypeStruct((batch,), i32)
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    s_i, s_f = jax.ShapeDtypeStruct((), i32), jax.ShapeDtypeStruct((), f32)
-    static = dict(out_len=sh["out_len"], cache_len=sh["cache_len"])
-    if mode == "ar":
-        from .ar import ar_decode
+    spec = engine.LoopSpec(mode=mode, block_length=sh["block_length"], out_len=sh["out_len"],
+                           cache_len=sh["cache_len"], prompt_width=sh["width"], slots=batch)
+    # Concrete (small) prompt, keys and knobs: only the weights need to be abstract.
+    queue = engine.Queue(
+        prompt=jnp.zeros((batch, sh["width"]), jnp.int32),
+        prompt_len=jnp.full((batch,), prompt, jnp.int32),
+        keys=jax.vmap(jax.random.key)(jnp.zeros((batch,), jnp.uint32)),
+        knobs=Knobs.make(batch, max_new_tokens=new).clipped(sh["out_len"]),
+    )
+    # Lower over the queue's flat leaves: ``Lowered`` rebuilds its argument pytrees from placeholder
+    # leaves, which the runtime-checked Knobs/Queue annotations would reject.
+    leaves, treedef = jax.tree.flatten(queue)
 
-        lowered = ar_decode.lower(params, cfg, tok, plen, key, s_i, s_f, s_i, s_f, s_f, s_i, s_i, **static)
-    elif mode == "diffusion":
-        from .diffusion import diffusion_decode
+    def run(params, leaves):
+        return engine.decode(params, cfg, jax.tree.unflatten(treedef, leaves), spec=spec)
 
-        lowered = diffusion_decode.lower(params, cfg, tok, plen, key, s_i, s_f, s_i, s_f, s_f, s_f, s_i, s_i, s_f,
-                                         block_length=sh["block_length"], policy="threshold", **static)
-    elif mode == "linear_spec":
-        from .linear_spec import linear_spec_decode
-
-        lowered = linear_spec_decode.lower(params, cfg, tok, plen, key, s_i, s_f, s_i, s_f, s_f, s_f, s_i, s_i,
-                                           block_length=sh["block_length"], **static)
-    elif mode == "quadratic_spec":
-        from .quadratic_spec import quadratic_spec_decode
-
-        lowered = quadratic_spec_decode.lower(params, cfg, tok, plen, key, s_i, s_i, s_i, s_f,
-                                              block_length=sh["block_length"], **static)
-    else:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-    return lowered, sh
+    return jax.jit(run).lower(params, leaves), sh
 
 
 def decode_memory(
