@@ -5,7 +5,7 @@ of our models (the project's export code, :func:`nemodiff_jax.train.export.expor
 ``encoder.*`` tensors become ``model.*`` and the ``diffusion_head`` becomes ``lm_head`` (NLD
 uses one head for every mode). Decoding is a plain Python loop at batch 1 over transformers'
 ``DynamicCache``, cropped with ``DynamicCache.crop``, exactly the shape of the released
-``ar_generate`` / ``linear_spec_generate`` (docs: NLD_SPEC.md sections 3.1 and 3.3):
+``ar_generate`` / ``linear_spec_generate`` (docs/ALGORITHMS.md, "AR decoding" and "Linear self-speculation"):
 
 * :func:`twin_ar`: greedy AR, one token per forward.
 * :func:`twin_linear_spec`: linear self-speculation at temperature 0 without the draft LoRA.
