@@ -137,10 +137,17 @@ def run_generate(model, prompts, kw: dict, command: str, warmup: bool = False):
         from ..decode.generate import generate
     except ModuleNotFoundError as e:
         raise CLIError(f"generation is not available in this install ({e})") from None
-    try:
+    with generation_errors(command):
         if warmup:
             generate(model, prompts, **kw)
         return generate(model, prompts, **kw)
+
+
+@contextlib.contextmanager
+def generation_errors(command: str):
+    """A library ValueError from generate/stream as a one-line CLIError with the advice that fits."""
+    try:
+        yield
     except ValueError as e:
         text = squash(e)
         too_long = any(w in text for w in ("max_position_embeddings", "cache_len", "longer than"))

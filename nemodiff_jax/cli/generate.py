@@ -8,7 +8,8 @@ import json
 import sys
 import textwrap
 
-from .common import MODES, CLIError, busy, consoles, encode_prompt, formatter, hint, load_model, note_random, run_generate
+from .common import (MODES, CLIError, busy, consoles, encode_prompt, formatter, generation_errors, hint, load_model,
+                     note_random, run_generate)
 
 REPLAY_NOTE = textwrap.fill("Streaming: one plain-text prompt streams live (nd.stream returns to the host after every "
                "round and prints the tokens decided so far). With several prompts or --show-canvas the output "
@@ -257,7 +258,8 @@ def cmd_generate(args) -> int:
     texts = prompts_text + [None] * len(ids_given)
     kw = knobs(args, model)
     if len(prompts) == 1 and not (args.json or args.show_canvas or args.no_stream or args.warmup):
-        result = stream_live(model, prompts, kw)
+        with generation_errors("generate"):
+            result = stream_live(model, prompts, kw)
         err.print(stats_line(result, 0), style="dim", highlight=False, markup=False)
         return 0
     with busy(err, f"generating ({args.mode}; the first call compiles) ..."):
