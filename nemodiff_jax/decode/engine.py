@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jaxtyping import Array, Int
+from jaxtyping import Array, ArrayLike, Int
 
 from ..model.config import NLDConfig
 from . import ar, diffusion, linear_spec, quadratic_spec
@@ -56,10 +56,11 @@ class Engine:
 
 @struct.dataclass
 class Queue:
-    """The prompts and their per-prompt keys and knobs, ``[Q, ...]`` each."""
+    """The prompts and their per-prompt keys and knobs, ``[Q, ...]`` each (host numpy arrays
+    or device arrays: ``generate`` hands numpy to the jit, one transfer per leaf, no eager ops)."""
 
-    prompt: Int[Array, "Q P"]
-    prompt_len: Int[Array, "Q"]
+    prompt: Int[ArrayLike, "Q P"]
+    prompt_len: Int[ArrayLike, "Q"]
     keys: Any  # typed row keys [Q], or int [Q, 2] seeds: see row_keys
     knobs: Knobs
 

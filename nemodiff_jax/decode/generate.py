@@ -219,6 +219,25 @@ def _keys(seed, n: int):
     return jax.random.wrap_key_data(data)
 
 
+def _seed_rows(seed, n: int) -> np.ndarray | None:
+    """The row keys as int ``[n, 2]`` rows ``(seed, i)`` / ``(seed_i, -1)`` that the engine turns
+    into typed keys inside its jit (:func:`~.engine.row_keys`): the same keys as :func:`_keys`
+    without its eager host-side dispatches (about 3 ms a call, most of a short call's host time).
+    None where a seed is negative or needs more than 32 bits (then :func:`_keys` builds them)."""
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        s = _check_seed(seed)
+        if not 0 <= s < 2**32:
+            return None
+        rows = np.stack([np.full(n, s, np.uint32), np.arange(n, dtype=np.uint32)], axis=1)
+        return rows.view(np.int32)
+    if isinstance(seed, (list, tuple, np.ndarray)) and len(seed) == n:
+        seeds = [_check_seed(x, "seed: per-prompt seeds") for x in seed]
+        if all(0 <= x < 2**32 for x in seeds):
+            rows = np.stack([np.asarray(seeds, np.uint32), np.full(n, 2**32 - 1, np.uint32)], axis=1)
+            return rows.view(np.int32)  # second column -1: no fold_in
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     """A validated call: the static loop spec, the device-side queue, the prompts as lists."""
@@ -307,12 +326,14 @@ def prepare(model: Model, prompts, *, mode: str = "ar", max_new_tokens: int = 12
     prompt = np.full((n, width), cfg.pad_token_id, np.int32)
     for i, r in enumerate(rows):
         prompt[i, : len(r)] = r
-    key = _keys(seed, n)
-    if key.shape == ():  # one int seed: prompt i folds in i
-        key = sampling.row_keys(key, n)
+    key = _seed_rows(seed, n)
+    if key is None:  # 64-bit or negative seeds: typed keys built here
+        key = _keys(seed, n)
+        if key.shape == ():  # one int seed: prompt i folds in i
+            key = sampling.row_keys(key, n)
     mesh = sharding.mesh_of(model.params)  # sharded model: rows over "data" (issue 13)
     prompt, prompt_len, key = (sharding.place_rows(x, mesh) for x in
-                               (jnp.asarray(prompt), jnp.asarray([len(r) for r in rows], jnp.int32), key))
+                               (prompt, np.asarray([len(r) for r in rows], np.int32), key))
     queue = Queue(prompt=prompt, prompt_len=prompt_len, keys=key, knobs=knobs)
     return Prepared(spec, queue, rows, mesh)
 
@@ -386,18 +407,24 @@ def stream(model: Model, prompts, *, every: int = 1, **kwargs) -> Iterator[Strea
     pass, a quadratic cycle). The tokens of a yield are final (speculative modes only yield
     verified tokens); the last yield has every prompt finished and equals :func:`generate`.
     The compiled programs do not depend on ``every``."""
-    from . import engine
-
     if not isinstance(every, (int, np.integer)) or every < 1:
         raise ValueError(f"every must be a positive integer, got {every!r}")
     p = prepare(model, prompts, **kwargs)
+    with sharding.use_mesh(model.params):  # a sharded model: the same placement rules as generate
+        yield from _stream_rounds(model, p, every)
+
+
+def _stream_rounds(model: Model, p: Prepared, every: int) -> Iterator[StreamUpdate]:
+    from . import engine
+
     cfg, params = model.config, model.params
     t0 = time.perf_counter()
     e, queue = engine.start(params, cfg, p.queue, spec=p.spec)
     p = dataclasses.replace(p, queue=queue)
     while True:
         e = engine.advance(params, cfg, e, p.queue, every, spec=p.spec)
-        view = jax.device_get(engine.peek(cfg, e, p.queue, spec=p.spec))
+        # gathered onto every device first, so each process of a multi-host mesh can read it
+        view = jax.device_get(sharding.replicated(engine.peek(cfg, e, p.queue, spec=p.spec), p.mesh))
         toks = [view["tokens"][i, : int(view["num_tokens"][i])].tolist() for i in range(len(p.rows))]
         done = not engine.busy(e, p.queue)
         upd = StreamUpdate(toks, [bool(x) for x in view["finished"]] if not done else [True] * len(toks))
@@ -410,6 +437,7 @@ def stream(model: Model, prompts, *, every: int = 1, **kwargs) -> Iterator[Strea
 
             out = DecodeOutput(tokens=e.out["tokens"], num_tokens=e.out["num_tokens"], nfe=e.out["nfe"],
                                stats=e.out["stats"])
+            out = sharding.replicated(out, p.mesh)
             upd.result = _result(model, p.rows, out, time.perf_counter() - t0, p.spec.mode)
         yield upd
         if done:
