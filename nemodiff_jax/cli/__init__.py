@@ -35,7 +35,8 @@ DELEGATES: dict[str, tuple[str, str, str, str]] = {
     "oracle": ("nemodiff_jax.eval.cli", "oracle_main", "oracle unmasking orders and upper bounds",
                "nemodiff oracle --help"),
 }
-BENCH = {"kernels": ("pallas_kernels.bench", "main", "benchmark the Pallas attention kernels")}
+BENCH = {"kernels": ("pallas_kernels.bench", "main", "benchmark the Pallas attention kernels"),
+         "decode": ("nemodiff_jax.eval.bench_decode", "main", "decode speed of every mode vs torch, side by side")}
 
 EPILOG = """\
 examples:
@@ -44,6 +45,7 @@ examples:
   nemodiff generate --model ./NLD-8B --chat --prompt "Hi!" --mode linear_spec --json
   nemodiff chat --model ./NLD-8B --mode diffusion --threshold 0.9
   nemodiff convert --help | train --help | eval --help | sweep --help | oracle --help
+  nemodiff bench decode --repeats 5            every mode vs a torch twin, side by side
   nemodiff bench kernels --help
 
 --debug (anywhere on the line) shows full tracebacks instead of one-line errors."""
@@ -62,7 +64,7 @@ def build_parser() -> Parser:
     cli_demo.add_demo(sub)
     for name, (_, _, text, _) in DELEGATES.items():
         sub.add_parser(name, help=text, add_help=False)
-    sub.add_parser("bench", help="benchmarks: `nemodiff bench kernels ...`", add_help=False)
+    sub.add_parser("bench", help="benchmarks: `nemodiff bench decode ...`, `nemodiff bench kernels ...`", add_help=False)
     return parser
 
 

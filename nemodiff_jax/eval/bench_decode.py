@@ -1,5 +1,9 @@
 """Decode speed, every mode side by side in one run: the harness behind ``nemodiff bench decode``.
 
+    nemodiff bench decode --repeats 5 --out bench.json --markdown bench.md
+
+or from Python:
+
     python -c "from nemodiff_jax.eval.bench_decode import run_decode_bench, format_table; \\
                print(format_table(run_decode_bench(repeats=3)))"
 
@@ -304,3 +308,62 @@ def format_table(result: dict) -> str:
         f"({mc.get('torch_threads', '-')} threads), transformers {mc.get('transformers', '-')}.",
     ]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``nemodiff bench decode``: every side of :data:`SIDES`, interleaved, printed as Markdown."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="nemodiff bench decode", formatter_class=argparse.RawDescriptionHelpFormatter,
+               description="Decode speed of every mode side by side in one run, on the same prompts and "
+                           "weights: ours at batch 1 and through S slots, a torch twin of the same algorithm, "
+                           "and transformers' generate. Interleaved rounds, best of --repeats, compilation "
+                           "excluded (reported apart).",
+               epilog="example:\n  nemodiff bench decode --repeats 5 --out bench.json --markdown bench.md\n"
+                      "  nemodiff bench decode --sides ar/1,linear_spec+lora/1 --repeats 9")
+    p.add_argument("--model", default="embedded", help="model directory or 'embedded' (default)")
+    p.add_argument("--prompts", type=int, default=12, help="held-out prompts timed one per call (default 12)")
+    p.add_argument("--batch-prompts", type=int, default=48, help="prompts through the slots (default 48)")
+    p.add_argument("--slots", type=int, default=12, help="slots for the <mode>/slots sides (default 12)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds; best counts (default 5)")
+    p.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of: " + ", ".join(SIDES))
+    p.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads for the torch sides (1)")
+    p.add_argument("--out", help="write the full result as JSON here")
+    p.add_argument("--markdown", help="write the table as Markdown here")
+    p.add_argument("--quiet", action="store_true", help="no per-round progress on stderr")
+    a = p.parse_args(argv)
+    for name in ("prompts", "batch_prompts", "slots", "max_new_tokens", "block_length", "repeats", "torch_threads"):
+        if getattr(a, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    sides = tuple(s.strip() for s in a.sides.split(",") if s.strip())
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown or not sides:
+        raise ValueError(f"--sides: unknown {unknown or a.sides!r}; choose from {', '.join(SIDES)}")
+    log = None if a.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = run_decode_bench(model=a.model, n_prompts=a.prompts, max_new_tokens=a.max_new_tokens,
+                              block_length=a.block_length, repeats=a.repeats, slots=a.slots,
+                              batch_prompts=a.batch_prompts, sides=sides, out=a.out, log=log,
+                              torch_threads=a.torch_threads)
+    table = format_table(result)
+    if a.markdown:
+        _write_text_atomic(a.markdown, table + "\n")
+    print(table)
+    return 0
+
+
+def _write_text_atomic(path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

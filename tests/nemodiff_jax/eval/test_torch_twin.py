@@ -76,3 +76,20 @@ def test_bench_smoke(model, tmp_path):
     for s in bench_decode.SIDES:
         assert f"| {s} |" in table
     assert json.loads(out.read_text())["sides"].keys() == res["sides"].keys()
+
+
+def test_bench_decode_cli(tmp_path, capsys):
+    from nemodiff_jax.cli import main
+
+    md, js = tmp_path / "b.md", tmp_path / "b.json"
+    rc = main(["bench", "decode", "--sides", "ar/1,twin_ar/1", "--prompts", "1", "--batch-prompts", "1",
+               "--slots", "1", "--max-new-tokens", "8", "--repeats", "1", "--quiet", "--markdown", str(md),
+               "--out", str(js)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| ar/1 |" in printed and "| twin_ar/1 |" in printed and "our AR / twin AR" in printed
+    assert md.read_text().strip() == printed.strip()
+    assert set(json.loads(js.read_text())["sides"]) == {"ar/1", "twin_ar/1"}
+    assert main(["bench", "decode", "--sides", "ar/1,nope"]) == 2
+    assert "--sides: unknown ['nope']" in capsys.readouterr().err
+    assert main(["bench", "decode", "--repeats", "0"]) == 2
