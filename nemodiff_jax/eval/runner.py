@@ -1,10 +1,13 @@
 """Batched, jitted evaluation: ``evaluate(model, tasks, modes, batch_size) -> EvalResults``.
 
-Compiles stay few because every batch has the same row count (the last batch of a bucket is
-padded with copies of its last prompt, which are dropped) and prompts are grouped by the
-width bucket ``generate`` pads them to; within a mode each (bucket, batch) shape compiles
-once and every knob that ``generate`` traces is reused. With ``warmup`` the first batch of
-each shape is run once untimed, so tokens/s measure decoding, not XLA.
+Prompts are grouped by the width bucket ``generate`` pads them to, and each group goes
+through ``generate(..., batch_size=batch_size)``: ``batch_size`` slots, a slot taking the next
+waiting prompt as soon as its row ends (the decode engine's refill), in calls of at most
+:data:`PROMPTS_PER_SLOT` x ``batch_size`` prompts (a signal stops the run between calls). A
+call's prompt count is static, so the last call of a bucket is padded with copies of its last
+prompt up to a multiple of ``batch_size`` (dropped); each (bucket, count) shape compiles once
+and every knob that ``generate`` traces is reused. With ``warmup`` the first call of each shape
+is run once untimed, so tokens/s measure decoding, not XLA.
 
 Metrics per task and mode (plus task ``all``): accuracy (and ``similarity``, partial credit, see
 :func:`~nemodiff_jax.eval.scorers.similarity`), mean forward passes (NFE, counted as
@@ -117,8 +120,11 @@ class EvalResults:
         return write_eval(self, out_dir)
 
 
+PROMPTS_PER_SLOT = 8  # prompts per generate call = this x batch_size (the slots refill in between)
+
+
 def _batches(codec_ids: list[list[int]], batch_size: int) -> list[list[int]]:
-    """Example indices grouped by prompt-width bucket, sorted by length, chunked into batches."""
+    """Example indices grouped by prompt-width bucket, sorted by length, chunked into calls."""
     by_bucket: dict[int, list[int]] = defaultdict(list)
     for i, ids in enumerate(codec_ids):
         by_bucket[prompt_bucket(len(ids))].append(i)
@@ -166,7 +172,7 @@ def evaluate(
         raise ValueError("no examples to evaluate")
     codec = Codec.for_model(model)
     ids = [list(ex.prompt_ids) if ex.prompt_ids is not None else codec.encode(ex.prompt) for ex in examples]
-    batches = _batches(ids, batch_size)
+    batches = _batches(ids, batch_size * PROMPTS_PER_SLOT)
     parsed = [(spec, *parse_mode(spec)) for spec in modes]
     samples: list[dict[str, Any]] = []
     compiles: dict[str, int] = {}
@@ -202,19 +208,19 @@ def _run_modes(model, parsed, knobs, batches, ids, examples, codec, batch_size, 
     """Every mode over every batch, appending to ``samples``; a signal stops it between batches."""
     for label, mode, inline in parsed:
         kw = mode_kwargs(mode, {**knobs, **inline}, model.config.block_size)
-        seen_shapes: set[int] = set()
+        seen_shapes: set[tuple[int, int]] = set()
         correct = done = 0
         with CompileCounter() as cc:
             for batch in batches:
                 rows = [ids[i] for i in batch]
-                rows = rows + [rows[-1]] * (batch_size - len(rows))
-                shape = prompt_bucket(max(len(r) for r in rows))
+                rows = rows + [rows[-1]] * (-len(rows) % batch_size)
+                shape = (prompt_bucket(max(len(r) for r in rows)), len(rows))
                 if warmup and shape not in seen_shapes:
                     t0 = time.perf_counter()
-                    generate(model, rows, mode=mode, **kw)
+                    generate(model, rows, mode=mode, batch_size=batch_size, **kw)
                     compile_time[label] = compile_time.get(label, 0.0) + time.perf_counter() - t0
                 seen_shapes.add(shape)
-                res = generate(model, rows, mode=mode, **kw)
+                res = generate(model, rows, mode=mode, batch_size=batch_size, **kw)
                 share = res.wall_time / len(batch)
                 for r, i in enumerate(batch):
                     ex = examples[i]

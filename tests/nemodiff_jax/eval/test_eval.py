@@ -97,8 +97,9 @@ def test_fused_rows_equal_separate_calls(model):
     keys = ("accuracy", "tpf", "nfe_mean", "tokens_mean")
     assert [[r[k] for k in keys] for r in fused] == [[r[k] for k in keys] for r in alone]
     assert [r["compiles"] for r in fused] == [0, 0]  # already compiled by the schema test
-    # One threshold per call is laid out exactly like generate's: evaluate() compiled it already.
-    assert [r["compiles"] for r in alone] == [0, 0]
+    # One threshold per call: the first may compile its layout (evaluate() now runs calls through
+    # slots, a different program); the second threshold is traced and reuses it.
+    assert [r["compiles"] for r in alone][1:] == [0]
 
 
 def test_eval_cli(tmp_path, capsys):
