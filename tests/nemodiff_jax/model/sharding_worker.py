@@ -58,6 +58,10 @@ def main() -> None:
                                ("q_proj", model.params["layers"]["self_attn"]["q_proj"]),
                                ("embed_tokens", model.params["embed_tokens"])]
         }
+        if shape == "2x4" and not fsdp and "linear_spec" in modes:  # streaming on the mesh too
+            last = list(nd.stream(model, PROMPTS, every=3, mode="linear_spec", max_new_tokens=args.new,
+                                  **MODES["linear_spec"]))[-1]
+            report["stream_same"] = last.result.tokens == base["linear_spec"]
         report["runs"].append({
             "mesh": shape, "fsdp": fsdp,
             "same": {m: got[m] == base[m] for m in modes},

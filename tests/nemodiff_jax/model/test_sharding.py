@@ -69,6 +69,7 @@ def test_sharded_decode_gives_the_same_tokens_in_every_mode(report):
     assert meshes == {"1x8", "2x4", "8x1"}
     assert min(report["answer_lengths"]) > 10  # real answers, not an immediate EOS
     assert set(next(r for r in report["runs"] if r["mesh"] == "2x4")["same"]) == {"ar", "diffusion", "linear_spec", "quadratic_spec"}
+    assert report["stream_same"]  # nd.stream on the 2x4 mesh ends with generate's tokens
     for run in report["runs"]:
         assert all(run["same"].values()), run["same"]
         assert run["logit_err"] < 1e-4, run
