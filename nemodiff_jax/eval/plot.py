@@ -94,3 +94,17 @@ def plot_sweep(rows: Sequence[dict], out_stem, title: str | None = None, y: str 
         paths[ext] = str(path)
     plt.close(fig)
     return paths
+
+
+def plot_eval(metrics: Sequence[dict], out_stem, title: str | None = None, y: str = "auto") -> dict[str, str]:
+    """Accuracy vs TPF of ``nemodiff eval`` metrics rows (ours or read from lm-eval output by
+    :func:`~nemodiff_jax.eval.harness.read_harness`): one labelled point per mode, drawn by
+    :func:`plot_sweep` as baselines. Rows of task ``all`` are used when there are any; rows
+    without a TPF (a run without our telemetry) are left out."""
+    rows = [r for r in metrics if r.get("task") == "all"] or list(metrics)
+    points = [dict(kind="baseline", mode=r["mode"] if r.get("task") in (None, "all") else f"{r['mode']} {r['task']}",
+                   tpf=r["tpf"], accuracy=r["accuracy"], similarity=r.get("similarity"), block_length=None)
+              for r in rows if r.get("tpf") is not None and r.get("accuracy") is not None]
+    if not points:
+        raise ValueError("nothing to plot: no metrics row has both accuracy and tpf (lm-eval runs need our telemetry)")
+    return plot_sweep(points, out_stem, title=title or "accuracy vs tokens per forward", y=y)
