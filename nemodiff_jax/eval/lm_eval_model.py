@@ -157,7 +157,9 @@ class NemodiffLM(TemplateLM):
             log-likelihoods always use the causal forward).
         block_length, threshold, policy, lora: the mode's knobs, as ``generate`` takes them
             (``threshold``: diffusion's confidence threshold or linear speculation's draft
-            threshold; ``None``: generate's default).
+            threshold; ``None``: generate's default, for diffusion the quota schedule).
+            ``lora`` defaults to on for linear speculation (when the model has one) and off
+            for diffusion, as in ``nemodiff eval``.
         batch_size: engine slots for generation and rows per log-likelihood batch.
         queue: prompts per engine call (default 32 x batch_size).
         max_gen_toks: default generation budget when a task gives none (256).
@@ -216,8 +218,11 @@ class NemodiffLM(TemplateLM):
                 self.knobs["lora"] = bool(lora)
         if mode == "diffusion":
             self.knobs["policy"] = policy
+            # the draft LoRA is linear speculation's; diffusion runs without it unless asked, as `nemodiff eval`
+            self.knobs["lora"] = bool(lora) if lora is not None else False
         self.telemetry_path = telemetry_path
-        self.label = mode + "".join(f";{k}={v}" for k, v in self.knobs.items() if k != "policy" or v != "threshold")
+        self.label = mode + "".join(f";{k}={v}" for k, v in self.knobs.items()
+                                    if (k, v) not in (("policy", "threshold"), ("lora", False)))
         self._gen: dict[str, _Tally] = collections.defaultdict(_Tally)
         self._requests: list[dict] = []
         self._ll = dict(requests=0, rows=0, batches=0, tokens_scored=0, wall_time=0.0)
