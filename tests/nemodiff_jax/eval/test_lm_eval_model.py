@@ -321,3 +321,31 @@ def test_bad_model_args_are_one_clear_error(embedded):
         NemodiffLM.create_from_arg_string("path=embedded,thresold=0.9")
     with pytest.raises(ValueError, match="batch_size"):
         NemodiffLM(model=embedded, batch_size=0)
+
+
+def test_nemodiff_lm_eval_is_wired(capsys):
+    """``nemodiff lm-eval --help`` reaches the delegate: our usage, then the harness's options."""
+    from nemodiff_jax import cli
+
+    assert cli.main(["lm-eval", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--model nemodiff is implied" in out and "--model_args" in out and "--tasks" in out
+
+
+def test_primary_metric_choice_and_errors(tmp_path):
+    """``--metric`` picks by name or name,filter; default the first non-stderr number; bad files are one error."""
+    from nemodiff_jax.eval.harness import primary_metric, read_harness
+
+    m = {"alias": "gsm8k", "exact_match,strict-match": 0.5, "exact_match_stderr,strict-match": 0.1,
+         "exact_match,flexible-extract": 0.75}
+    assert primary_metric(m) == ("exact_match,strict-match", 0.5)
+    assert primary_metric(m, "exact_match,flexible-extract") == ("exact_match,flexible-extract", 0.75)
+    assert primary_metric(m, "exact_match")[0] == "exact_match,strict-match"
+    with pytest.raises(ValueError, match="no metric 'acc'"):
+        primary_metric(m, "acc")
+    (tmp_path / "results_x.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        read_harness(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no lm-eval results"):
+        read_harness(tmp_path / "empty")
