@@ -188,6 +188,8 @@ class NemodiffLM(TemplateLM):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if queue is not None and (not isinstance(queue, int) or queue < 1):
             raise ValueError(f"queue must be a positive integer, got {queue!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         if not isinstance(max_gen_toks, int) or max_gen_toks < 1:
             raise ValueError(f"max_gen_toks must be a positive integer, got {max_gen_toks!r}")
         unknown = sorted(k for k, v in ignored.items() if v is not None and k not in ("max_batch_size", "device"))

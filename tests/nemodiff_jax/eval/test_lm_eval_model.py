@@ -321,6 +321,8 @@ def test_bad_model_args_are_one_clear_error(embedded):
         NemodiffLM.create_from_arg_string("path=embedded,thresold=0.9")
     with pytest.raises(ValueError, match="batch_size"):
         NemodiffLM(model=embedded, batch_size=0)
+    with pytest.raises(ValueError, match="seed"):
+        NemodiffLM(model=embedded, seed=-1)
 
 
 def test_nemodiff_lm_eval_is_wired(capsys):
