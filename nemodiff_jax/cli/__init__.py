@@ -34,6 +34,8 @@ DELEGATES: dict[str, tuple[str, str, str, str]] = {
               "nemodiff sweep --help"),
     "oracle": ("nemodiff_jax.eval.cli", "oracle_main", "oracle unmasking orders and upper bounds",
                "nemodiff oracle --help"),
+    "lm-eval": ("nemodiff_jax.eval.lm_eval_model", "main", "run lm-evaluation-harness tasks (model 'nemodiff'; "
+                "needs the lm-eval extra)", "nemodiff lm-eval --help"),
 }
 BENCH = {"kernels": ("pallas_kernels.bench", "main", "benchmark the Pallas attention kernels"),
          "decode": ("nemodiff_jax.eval.bench_decode", "main", "decode speed of every mode vs torch, side by side")}

@@ -4,6 +4,8 @@
 * :func:`run_sweep` (:mod:`.sweep`): policy x threshold x block x temperature x LoRA grid, Pareto front, plot.
 * :func:`sol_oracle` / :func:`oracle_report` (:mod:`.oracle`): the speed-of-light TPF (docs/ALGORITHMS.md, "Speed of light").
 * :mod:`.datasets` (synthetic suite, JSONL), :mod:`.scorers` (exact, last number, boxed), :mod:`.cli`.
+* :class:`NemodiffLM` (:mod:`.lm_eval_model`): the lm-evaluation-harness model ``nemodiff``;
+  :func:`read_harness` (:mod:`.harness`) reads the harness's output into :class:`EvalResults`.
 
 Submodules load lazily so ``import nemodiff_jax.eval`` stays cheap.
 """
@@ -27,6 +29,9 @@ _EXPORTS = {
     "load_model": "models",
     "embedded_or_random": "models",
     "CompileCounter": "compiles",
+    "read_harness": "harness",
+    "plot_eval": "plot",
+    "NemodiffLM": "lm_eval_model",  # needs lm-eval (pip install -e ".[lm-eval]")
 }
 
 __all__ = sorted(_EXPORTS)

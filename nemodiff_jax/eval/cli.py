@@ -88,8 +88,21 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-thinking-tokens", type=int, default=None)
     p.add_argument("--end-think-token-id", type=int, default=None)
     p.add_argument("--no-warmup", action="store_true", help="time the first (compiling) batch too")
+    p.add_argument("--from-harness", type=_csv(), default=None, metavar="PATHS",
+                   help="read lm-evaluation-harness output instead of running (comma list of --output_path "
+                        "directories or results_*.json files, one run per mode); writes the same files")
+    p.add_argument("--metric", default=None, help="with --from-harness: the harness metric reported as accuracy "
+                   "(name or name,filter; default: the first the harness lists)")
+    p.add_argument("--plot", default=None, help="also draw accuracy vs TPF per mode here (PNG, SVG beside it)")
     args = p.parse_args(argv)
     guard.writable_dir(args.out)
+    if args.from_harness:
+        from .harness import read_harness
+
+        res = read_harness(list(args.from_harness), metric=args.metric)
+        paths = res.write(args.out)
+        print(res.table())
+        return _plot_eval(res, args, paths)
     model = _load(args)
     knobs = dict(
         max_new_tokens=args.max_new_tokens, seed=args.seed, block_length=args.block_length, threshold=args.threshold,
@@ -103,7 +116,16 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                    progress=not args.no_progress, out_dir=args.out, **{k: v for k, v in knobs.items() if v is not None})
     print(res.table())
     print(f"compiles per mode: {res.compiles}")
-    print(f"wrote {args.out}/results.json, metrics.csv, samples.jsonl")
+    return _plot_eval(res, args, {"json": f"{args.out}/results.json", "csv": "metrics.csv", "samples": "samples.jsonl"})
+
+
+def _plot_eval(res, args, paths: dict) -> int:
+    if args.plot:
+        from .plot import plot_eval
+
+        drawn = plot_eval(res.metrics, Path(args.plot).with_suffix(""))
+        paths = {**paths, **drawn}
+    print("wrote " + ", ".join(str(v) for v in paths.values()))
     return 0
 
 

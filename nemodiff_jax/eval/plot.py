@@ -94,3 +94,31 @@ def plot_sweep(rows: Sequence[dict], out_stem, title: str | None = None, y: str 
         paths[ext] = str(path)
     plt.close(fig)
     return paths
+
+
+def plot_eval(metrics: Sequence[dict], out_stem, title: str | None = None, y: str = "auto") -> dict[str, str]:
+    """Accuracy vs TPF of ``nemodiff eval`` metrics rows (ours or read from lm-eval output by
+    :func:`~nemodiff_jax.eval.harness.read_harness`): one labelled point per mode, drawn by
+    :func:`plot_sweep` as baselines. Rows of task ``all`` are used when there are any; rows
+    without a TPF (a run without our telemetry) are left out."""
+    rows = [r for r in metrics if r.get("task") == "all"] or list(metrics)
+    points = [dict(kind="baseline", mode=_short(r["mode"]) if r.get("task") in (None, "all")
+                   else f"{_short(r['mode'])} {r['task']}",
+                   tpf=r["tpf"], accuracy=r["accuracy"], similarity=r.get("similarity"), block_length=None)
+              for r in rows if r.get("tpf") is not None and r.get("accuracy") is not None]
+    for i, p in enumerate(points):  # near points share one label ("a | b") instead of overprinting
+        first = next((q for q in points[:i] if q["mode"] and abs(q["tpf"] - p["tpf"]) < 0.4
+                      and abs(q["accuracy"] - p["accuracy"]) < 0.04), None)
+        if first is not None:
+            first["mode"], p["mode"] = f"{first['mode']} | {p['mode']}", ""
+    if not points:
+        raise ValueError("nothing to plot: no metrics row has both accuracy and tpf (lm-eval runs need our telemetry)")
+    return plot_sweep(points, out_stem, title=title or "accuracy vs tokens per forward", y=y)
+
+
+def _short(label: str) -> str:
+    """``linear_spec;block_length=32;threshold=0.9`` -> ``linear_spec B32 t0.9`` (plot labels)."""
+    for long, short in ((";block_length=", " B"), (";threshold=", " t"), (":threshold=", " t"),
+                        (":block_length=", " B"), (";lora=True", " +LoRA"), (";", " ")):
+        label = label.replace(long, short)
+    return label
