@@ -99,7 +99,7 @@ def _config(spec: str):
 
 
 def _gib(x: int) -> str:
-    return f"{x / 2**30:.2f} GiB"
+    return f"{x / 2**30:.2f} GiB" if x >= 2**30 else f"{x / 2**20:.1f} MiB"
 
 
 def _line(plan) -> str:
