@@ -30,13 +30,20 @@ examples:
   nemodiff plan --model 8b --mode linear_spec --batch 16 --prompt 4096 --mesh 2x4 --device-memory 24GB
   nemodiff plan --model ./NLD-8B --dtype int8 --json
   nemodiff plan --table        # the README's table (8B and 14B, bf16 and int8, batch 1 and 16, 4k prompts)"""
+DESCRIPTION = """\
+Will a decode fit, and on how many devices? No weights are loaded: the engine's decode (prefill
+and rounds) is compiled on abstract weights placed over the mesh by the sharding rules, and XLA's
+per-device memory analysis gives the parameters, the KV cache and the other temporaries. Then the
+smallest mesh (1, 2, 4, ... devices) whose total fits --device-memory. The compile is float32 on
+CPU host devices (bf16 matmuls upcast there); parameters and cache are counted in --dtype
+(docs/MEMORY.md)."""
 TABLE = dict(models=("8b", "14b"), dtypes=("bfloat16", "int8"), batches=(1, 16), prompt=4096, new=256,
              memories=("80GB", "40GB", "24GB"))
 
 
 def add_plan(sub) -> None:
     p = sub.add_parser("plan", help="per-device memory of a decode, and the smallest mesh that fits",
-                       description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+                       description=DESCRIPTION,
                        epilog=EXAMPLES, formatter_class=formatter)
     p.add_argument("--model", default="8b", metavar="3b|8b|14b|PATH",
                    help="a preset or a model directory (only its config.json is read); default 8b")
@@ -165,7 +172,8 @@ def cmd_plan(args) -> int:
     if best is None:
         print(f"  none up to {args.max_devices} devices")
     else:
-        print(f"  -> {best.mesh[0]}x{best.mesh[1]} ({best.devices} devices), {_gib(best.total)} per device")
+        print(f"  -> {best.mesh[0]}x{best.mesh[1]} ({best.devices} device{'s' if best.devices > 1 else ''}), "
+              f"{_gib(best.total)} per device")
     return 0
 
 
