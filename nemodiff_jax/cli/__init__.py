@@ -46,6 +46,7 @@ examples:
   nemodiff generate --prompt "reverse: a b c d =>" --mode diffusion --show-canvas
   nemodiff generate --model ./NLD-8B --chat --prompt "Hi!" --mode linear_spec --json
   nemodiff chat --model ./NLD-8B --mode diffusion --threshold 0.9
+  nemodiff plan --model 14b --batch 16 --prompt 4096 --dtype bfloat16   memory per device, smallest mesh
   nemodiff convert --help | train --help | eval --help | sweep --help | oracle --help
   nemodiff bench decode --repeats 5            every mode vs a torch twin, side by side
   nemodiff bench kernels --help
@@ -54,7 +55,7 @@ examples:
 
 
 def build_parser() -> Parser:
-    from . import demo as cli_demo, generate as cli_generate
+    from . import demo as cli_demo, generate as cli_generate, plan as cli_plan
 
     parser = Parser(prog=PROG, description="Nemotron-Labs-Diffusion tri-mode LMs in JAX: AR, block diffusion "
                     "and self-speculation from one checkpoint.", epilog=EPILOG, formatter_class=formatter)
@@ -64,6 +65,7 @@ def build_parser() -> Parser:
     cli_generate.add_generate(sub)
     cli_generate.add_chat(sub)
     cli_demo.add_demo(sub)
+    cli_plan.add_plan(sub)
     for name, (_, _, text, _) in DELEGATES.items():
         sub.add_parser(name, help=text, add_help=False)
     sub.add_parser("bench", help="benchmarks: `nemodiff bench decode ...`, `nemodiff bench kernels ...`", add_help=False)

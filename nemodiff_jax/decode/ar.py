@@ -24,11 +24,12 @@ from . import sampling
 from ..model.forward import forward
 from .common import choose, positions_from, prefilled
 from .knobs import Knobs, LoopSpec
-from .rows import Rows, commit, crop, finish, force_think, fresh
+from .rows import Rows, commit, crop, finish, force_think, fresh, stop_nonfinite
 
 
 def _emit(cfg, r: Rows, logits, kn: Knobs) -> Rows:
     """Choose from ``logits [B, V]``, force end-think at its index, commit one token."""
+    r = stop_nonfinite(r, logits)
     key, sub = sampling.split_rows(r.key)
     tok = choose(logits, sub, kn, cfg.mask_token_id)[:, None]
     live = ~r.done

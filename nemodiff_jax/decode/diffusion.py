@@ -47,7 +47,7 @@ from . import sampling, unmask
 from ..model.forward import forward
 from .common import choose, positions_from, prefilled, select_keys
 from .knobs import Knobs, LoopSpec
-from .rows import Rows, commit, crop, finish, fresh
+from .rows import Rows, commit, crop, finish, fresh, stop_nonfinite
 
 
 def eos_stop(x: Int[Array, "B L"], eos: int, mask_id: int) -> Bool[Array, "B"]:
@@ -88,7 +88,7 @@ def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -
     extra = {**_block(cfg, seed, zero, zero, jnp.zeros((b,), bool), kn, bl), "block": zero,
              "block_steps": jnp.zeros((b, spec.out_len // bl), jnp.int32)}
     r = fresh(b, spec.out_len, cfg.pad_token_id, key, cache, extra)
-    return r.replace(done=kn.limit <= 0)
+    return stop_nonfinite(r.replace(done=kn.limit <= 0), logits)
 
 
 def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
@@ -102,6 +102,9 @@ def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
     policy = masks.mixed(length, jnp.where(committing_ph, bl, 0), bl, b)
     logits, cache = forward(params, cfg, x["x"], positions_from(length, bl), policy, r.cache,
                             jnp.where(committing_ph, 0.0, kn.lora))
+    r = stop_nonfinite(r, logits)
+    live = ~r.done
+    denoising, committing = live & ~committing_ph, live & committing_ph
     nfe = r.nfe + live.astype(jnp.int32)
 
     # Denoise rows: candidates, the unmask policy's commits.
@@ -146,5 +149,6 @@ def result(r: Rows, kn: Knobs, *, spec: LoopSpec, pad: int) -> dict:
     valid = cp >= 0
     hist = jnp.zeros((b, max_passes + 1), jnp.int32)
     hist = hist.at[jnp.arange(b)[:, None], jnp.maximum(cp, 0)].add(valid.astype(jnp.int32))
-    stats = {"commit_pass": cp, "tokens_per_pass": hist, "block_steps": r.extra["block_steps"]}
+    stats = {"commit_pass": cp, "tokens_per_pass": hist, "block_steps": r.extra["block_steps"],
+             "nonfinite": out["nonfinite"]}
     return {"tokens": out["tokens"], "num_tokens": out["num_tokens"], "nfe": out["nfe"], "stats": stats}

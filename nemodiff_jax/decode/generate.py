@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from typing import Any, Iterator, Sequence
 
 import jax
@@ -51,7 +52,9 @@ class GenerateResult:
     """Per-row generated tokens (cut after the first EOS, EOS kept) and telemetry.
 
     ``stats`` holds the decode's statistics as numpy arrays (see the decode module of the
-    mode; every mode has ``commit_pass``: the NFE index that produced each token).
+    mode; every mode has ``commit_pass``: the NFE index that produced each token, and
+    ``nonfinite``: bool per prompt, True where the row stopped because its logits turned NaN/Inf;
+    such a row's tokens end before the bad step, and generate warns).
     """
 
     tokens: list[list[int]]
@@ -345,6 +348,11 @@ def _result(model: Model, rows, out, wall: float, mode: str) -> GenerateResult:
     tpf = [len(t) / n if n > 0 else 0.0 for t, n in zip(tokens, nfe_l)]
     texts = [model.tokenizer.decode(t) for t in tokens] if model.tokenizer is not None else None
     stats = {k: np.asarray(v) for k, v in out.stats.items()}
+    bad = np.flatnonzero(stats.get("nonfinite", np.zeros(0, bool)))
+    if bad.size:
+        warnings.warn(f"generate ({mode}): prompts {bad.tolist()} stopped early: their logits became NaN or Inf "
+                      "(non-finite weights or activations); their tokens end before that step "
+                      "(result.stats['nonfinite'] flags them)", RuntimeWarning, stacklevel=3)
     return GenerateResult(tokens, nfe_l, tpf, stats, wall, mode, texts)
 
 

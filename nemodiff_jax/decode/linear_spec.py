@@ -62,7 +62,7 @@ from . import sampling
 from ..model.forward import forward
 from .common import choose, positions_from, prefilled, row_probs, select_keys
 from .knobs import Knobs, LoopSpec
-from .rows import Rows, commit, crop, finish, force_think, fresh, record_cycle, spec_stats
+from .rows import Rows, commit, crop, finish, force_think, fresh, record_cycle, spec_stats, stop_nonfinite
 
 
 def linear_cache_len(prompt_width: int, out_len: int, block_length: int) -> int:
@@ -138,8 +138,8 @@ def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -
         "draft_passes": jnp.zeros((b,), jnp.int32),
         **spec_stats(b, spec.out_len, bk),
     }
-    r = fresh(b, spec.out_len, cfg.pad_token_id, key, cache, extra, nfe=1)
-    r, _ = commit(r, seed[:, None], jnp.ones((b,), jnp.int32), kn.limit > 0, kn, eos=cfg.eos_token_id, mark=r.nfe)
+    r = stop_nonfinite(fresh(b, spec.out_len, cfg.pad_token_id, key, cache, extra, nfe=1), logits)
+    r, _ = commit(r, seed[:, None], jnp.ones((b,), jnp.int32), (kn.limit > 0) & ~r.done, kn, eos=cfg.eos_token_id, mark=r.nfe)
     return r.replace(done=r.done | (kn.limit <= 0))
 
 
@@ -153,6 +153,9 @@ def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
     policy = masks.mixed(length, jnp.where(verify, bk, 0), bk, b)
     logits, cache = forward(params, cfg, block, positions_from(length, bk), policy, r.cache,
                             jnp.where(verify, 0.0, kn.lora))
+    r = stop_nonfinite(r, logits)
+    live = ~r.done
+    drafting, verifying = live & ~verify, live & verify
 
     def greedy(logits):
         tok = sampling.greedy(logits, m)
@@ -199,5 +202,5 @@ def result(r: Rows, kn: Knobs, *, spec: LoopSpec, pad: int) -> dict:
     out = finish(r, pad, kn.limit)
     x = r.extra
     stats = {k: x[k] for k in ("acceptance_lengths", "cycles", "draft_passes", "position_trials", "position_accepts")}
-    stats["commit_pass"] = out["commit_pass"]
+    stats["commit_pass"], stats["nonfinite"] = out["commit_pass"], out["nonfinite"]
     return {"tokens": out["tokens"], "num_tokens": out["num_tokens"], "nfe": out["nfe"], "stats": stats}

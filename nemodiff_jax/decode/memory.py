@@ -44,31 +44,42 @@ def decode_shapes(mode: str, prompt: int, new: int, block_length: int) -> dict:
 
 def lower_decode(cfg: NLDConfig, *, mode: str, batch: int, prompt: int, new: int, block_length: int | None = None):
     """``(lowered, shapes)``: the engine's jitted decode for ``mode`` lowered on abstract params and prompts."""
+    return lower_decode_on(cfg, abstract_params(cfg), mode=mode, batch=batch, prompt=prompt, new=new,
+                           block_length=block_length)
+
+
+def lower_decode_on(cfg: NLDConfig, params, *, mode: str, batch: int, prompt: int, new: int,
+                    block_length: int | None = None, mesh=None):
+    """:func:`lower_decode` on the given (abstract) ``params``; with a ``mesh`` (their
+    shardings' mesh), the prompts' rows go over ``"data"`` and the lowering runs under the mesh,
+    as ``generate`` runs a sharded model."""
     from . import engine
     from .knobs import Knobs
+    from ..model import sharding
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     bl = cfg.block_size if block_length is None else block_length
     sh = decode_shapes(mode, prompt, new, bl)
-    params = abstract_params(cfg)
     spec = engine.LoopSpec(mode=mode, block_length=sh["block_length"], out_len=sh["out_len"],
                            cache_len=sh["cache_len"], prompt_width=sh["width"], slots=batch)
-    # Concrete (small) prompt, keys and knobs: only the weights need to be abstract.
+    # Concrete (small) prompt, keys (int seed rows) and knobs: only the weights need to be abstract.
     queue = engine.Queue(
         prompt=jnp.zeros((batch, sh["width"]), jnp.int32),
         prompt_len=jnp.full((batch,), prompt, jnp.int32),
-        keys=jax.vmap(jax.random.key)(jnp.zeros((batch,), jnp.uint32)),
+        keys=jnp.stack([jnp.zeros((batch,), jnp.int32), jnp.arange(batch, dtype=jnp.int32)], axis=1),
         knobs=Knobs.make(batch, max_new_tokens=new).clipped(sh["out_len"]),
     )
     # Lower over the queue's flat leaves: ``Lowered`` rebuilds its argument pytrees from placeholder
     # leaves, which the runtime-checked Knobs/Queue annotations would reject.
     leaves, treedef = jax.tree.flatten(queue)
+    leaves = [sharding.place_rows(x, mesh) if getattr(x, "ndim", 0) else x for x in leaves]
 
     def run(params, leaves):
         return engine.decode(params, cfg, jax.tree.unflatten(treedef, leaves), spec=spec)
 
-    return jax.jit(run).lower(params, leaves), sh
+    with sharding.use_mesh(mesh):
+        return jax.jit(run).lower(params, leaves), sh
 
 
 def decode_memory(

@@ -41,7 +41,7 @@ from ..model.forward import forward
 from ..model.cache import KVCache
 from .common import prefill_with_window
 from .knobs import Knobs, LoopSpec
-from .rows import Rows, commit, crop, finish, fresh, record_cycle, spec_stats
+from .rows import Rows, commit, crop, finish, fresh, record_cycle, spec_stats, stop_nonfinite
 
 
 def quadratic_cache_len(prompt_width: int, out_len: int, block_length: int) -> int:
@@ -62,7 +62,7 @@ def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -
     draft = draft.at[:, 0].set(jnp.where(kn.thinking & (kn.budget == 0), kn.end_think, draft[:, 0]))
     r = fresh(b, spec.out_len, cfg.pad_token_id, keys, cache, {"draft": draft, **spec_stats(b, spec.out_len, bk)},
               nfe=1)
-    return r.replace(done=kn.limit <= 0)
+    return stop_nonfinite(r.replace(done=kn.limit <= 0), last, mask_logits)
 
 
 def layout(draft, length, mask_token_id: int):
@@ -83,6 +83,8 @@ def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
     tokens, positions = layout(d, length, cfg.mask_token_id)
     logits, cache = forward(params, cfg, tokens, positions, masks.quadratic(length, bk, b), r.cache, 0.0)
     logits = logits.reshape(b, bk, w, logits.shape[-1])
+    r = stop_nonfinite(r, logits)
+    live = ~r.done
     ar = logits[:, :, 0]
     mix = jnp.clip(kn.ar_mix, 0.0, 1.0)[:, None, None]
     head = jnp.where(kn.ar_mix[:, None, None] >= 0, mix * ar + (1.0 - mix) * logits[:, :, 1], ar)
@@ -116,5 +118,5 @@ def result(r: Rows, kn: Knobs, *, spec: LoopSpec, pad: int) -> dict:
     out = finish(r, pad, kn.limit)
     x = r.extra
     stats = {k: x[k] for k in ("acceptance_lengths", "cycles", "position_trials", "position_accepts")}
-    stats["commit_pass"] = out["commit_pass"]
+    stats["commit_pass"], stats["nonfinite"] = out["commit_pass"], out["nonfinite"]
     return {"tokens": out["tokens"], "num_tokens": out["num_tokens"], "nfe": out["nfe"], "stats": stats}

@@ -12,6 +12,7 @@ write, NFE stamp, done flags); :func:`crop` moves the cache length of the rows t
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -31,6 +32,7 @@ class Rows:
     done: Bool[Array, "B"]
     think_done: Bool[Array, "B"]
     nfe: Int[Array, "B"]
+    nonfinite: Bool[Array, "B"]  # the row stopped because its logits were NaN/Inf (see stop_nonfinite)
     key: Any  # one PRNG key per row
     cache: Any  # KVCache; None while a cond carries the rows without it
     extra: Any  # dict of per-mode arrays, row axis first
@@ -45,6 +47,7 @@ def fresh(b: int, out_len: int, pad: int, key, cache: KVCache, extra: dict, *, n
         done=jnp.zeros((b,), bool),
         think_done=jnp.zeros((b,), bool),
         nfe=jnp.broadcast_to(jnp.asarray(nfe, jnp.int32), (b,)),
+        nonfinite=jnp.zeros((b,), bool),
         key=key,
         cache=cache,
         extra=extra,
@@ -64,6 +67,15 @@ def put(big: Rows, small: Rows, slot) -> Rows:
     )
     rest = jax.tree.map(row, big.replace(cache=None), small.replace(cache=None))
     return rest.replace(cache=cache)
+
+
+def stop_nonfinite(r: Rows, *logits) -> Rows:
+    """Rows still going whose ``logits`` (``[B, ...]`` each) hold a NaN or Inf are done and
+    flagged: they emit nothing from these logits on (a silent stream of token 0 otherwise).
+    Each mode calls it on its logits before it chooses tokens from them."""
+    finite = [jnp.all(jnp.isfinite(lg.reshape(lg.shape[0], -1)), axis=1) for lg in logits]
+    bad = ~r.done & ~functools.reduce(jnp.logical_and, finite)
+    return r.replace(nonfinite=r.nonfinite | bad, done=r.done | bad)
 
 
 def first_index(flags: Bool[Array, "B W"]) -> Int[Array, "B"]:
@@ -136,6 +148,7 @@ def finish(r: Rows, pad: int, limit) -> dict:
         "num_tokens": num,
         "nfe": r.nfe,
         "commit_pass": jnp.where(valid, r.commit_pass, -1),
+        "nonfinite": r.nonfinite,
     }
 
 
