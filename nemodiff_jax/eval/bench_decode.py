@@ -161,6 +161,53 @@ def _runner(side: str, model, twin, prompts_1, prompts_s, max_new_tokens: int, b
     return what + ", batch 1", prompts_1, run
 
 
+def forward_ms(model, widths, *, cache_len: int, repeats: int = 30) -> dict[int, float]:
+    """Best wall ms of one jitted batch-1 forward of ``w`` new tokens over a cache of ``cache_len``
+    slots (40 of them filled), for each ``w``: the model's own cost, without any loop around it."""
+    import jax
+    import jax.numpy as jnp
+
+    from ..model import masks
+    from ..model.cache import KVCache
+    from ..model.forward import forward
+
+    cfg, out = model.config, {}
+    for w in widths:
+        cache = KVCache.init(cfg, 1, cache_len, jnp.dtype(cfg.dtype)).with_length(jnp.full((1,), 40, jnp.int32))
+        toks = jnp.full((1, w), 5, jnp.int32)
+        pos = 40 + jnp.arange(w, dtype=jnp.int32)[None]
+
+        @jax.jit
+        def f(params, toks, pos, cache, w=w):
+            logits, cache = forward(params, cfg, toks, pos, masks.causal(cache.length, w, 1), cache, 0.0)
+            return jnp.argmax(logits, -1), cache
+
+        jax.block_until_ready(f(model.params, toks, pos, cache))
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(model.params, toks, pos, cache))
+            best = min(best, time.perf_counter() - t0)
+        out[w] = 1e3 * best
+    return out
+
+
+def speed_of_light(res: dict, fwd: dict[int, float], block_length: int) -> dict | None:
+    """The most linear_spec+lora can gain over AR at batch 1 given the forward costs alone:
+    AR spends ``t_1`` per token; a linear_spec cycle spends two block-wide forwards ``2 t_B`` and
+    commits the tokens of a cycle (measured: tokens after the prefill's first / cycles). Prefill
+    and loop overhead are left out (they only lower the bound)."""
+    side = res.get("linear_spec+lora/1")
+    if side is None or 1 not in fwd or block_length not in fwd:
+        return None
+    cycles = (side["forwards"] - side["prompts"]) / 2
+    if cycles <= 0:
+        return None
+    per_cycle = (side["tokens"] - side["prompts"]) / cycles
+    return {"t_1_ms": fwd[1], "t_block_ms": fwd[block_length], "tokens_per_cycle": per_cycle,
+            "bound": fwd[1] * per_cycle / (2 * fwd[block_length])}
+
+
 def run_decode_bench(
     *,
     model="embedded",
@@ -248,7 +295,10 @@ def run_decode_bench(
             v = res[num]["tok_per_s"] / res[den]["tok_per_s"]
             ratios.append({"name": name, "num": num, "den": den, "value": v, "target": target,
                            "met": None if target is None else bool(v >= target)})
+    fwd = forward_ms(model, sorted({1, block_length}), cache_len=2 * max(64, block_length) + 64)
     result = {
+        "forward_ms": {str(k): v for k, v in fwd.items()},
+        "speed_of_light": speed_of_light(res, fwd, block_length),
         "settings": {"model": str(model_name), "n_prompts": n_prompts, "max_new_tokens": max_new_tokens,
                      "block_length": block_length, "repeats": repeats, "slots": slots,
                      "batch_prompts": batch_prompts, "slots_supported": slots_ok, "greedy": True,
@@ -297,6 +347,12 @@ def format_table(result: dict) -> str:
     for r in result["ratios"]:
         tgt = "-" if r["target"] is None else f">= {r['target']}x ({'met' if r['met'] else 'not met'})"
         lines.append(f"| {r['name']} | {r['value']:.2f}x | {tgt} |")
+    sol = result.get("speed_of_light")
+    if sol:
+        lines += ["", f"Batch-1 forward alone: 1 token {sol['t_1_ms']:.2f} ms, {st['block_length']} tokens "
+                      f"{sol['t_block_ms']:.2f} ms ({sol['t_block_ms'] / sol['t_1_ms']:.1f}x). linear_spec+lora "
+                      f"commits {sol['tokens_per_cycle']:.1f} tokens per cycle of two block forwards, so on this "
+                      f"machine it can be at most {sol['bound']:.2f}x our AR at batch 1 (prefill and loop left out)."]
     lines += [
         "",
         f"Settings: model {st['model']}, {st['n_prompts']} prompts at batch 1, {st['batch_prompts']} through "

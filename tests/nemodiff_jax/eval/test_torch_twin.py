@@ -72,6 +72,11 @@ def test_bench_smoke(model, tmp_path):
     for s in ("linear_spec/1", "linear_spec+lora/1", "twin_ar/1", "twin_linear_spec/1", "hf_generate/1"):
         assert res["sides"][s]["identical_to_ar"] == 1.0, s
     assert {r["name"] for r in res["ratios"]} == {r[0] for r in bench_decode.RATIOS}
+    assert set(res["forward_ms"]) == {"1", "8"} and min(res["forward_ms"].values()) > 0
+    sol, side = res["speed_of_light"], res["sides"]["linear_spec+lora/1"]
+    cycles = (side["forwards"] - side["prompts"]) / 2  # threshold 0: a draft and a verify per cycle
+    assert sol["tokens_per_cycle"] == pytest.approx((side["tokens"] - side["prompts"]) / cycles)
+    assert sol["bound"] == pytest.approx(sol["t_1_ms"] * sol["tokens_per_cycle"] / (2 * sol["t_block_ms"]))
     table = bench_decode.format_table(res)
     for s in bench_decode.SIDES:
         assert f"| {s} |" in table
@@ -88,6 +93,7 @@ def test_bench_decode_cli(tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| ar/1 |" in printed and "| twin_ar/1 |" in printed and "our AR / twin AR" in printed
+    assert "Batch-1 forward alone" not in printed  # no linear_spec+lora side: no bound to state
     assert md.read_text().strip() == printed.strip()
     assert set(json.loads(js.read_text())["sides"]) == {"ar/1", "twin_ar/1"}
     assert main(["bench", "decode", "--sides", "ar/1,nope"]) == 2
