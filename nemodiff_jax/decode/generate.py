@@ -99,7 +99,7 @@ def _as_id_lists(model: Model, prompts: Any) -> list[list[int]]:
         if isinstance(p, str):
             if model.tokenizer is None:
                 raise ValueError("string prompts need a model with a tokenizer (model.tokenizer is None)")
-            p = model.tokenizer.encode(p)
+            p = model.tokenizer.encode_prompt(p)  # BOS first: nemodiff_jax.io.tokenizer.encode_prompt
         if isinstance(p, (np.ndarray, jax.Array)):
             p = np.asarray(p).tolist() if np.issubdtype(np.asarray(p).dtype, np.integer) else list(np.asarray(p))
         bad_type = [t for t in p if isinstance(t, bool) or not isinstance(t, (int, np.integer))]
