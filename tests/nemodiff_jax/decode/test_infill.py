@@ -103,3 +103,35 @@ def test_infill_bad_input_names_the_problem():
         nd.infill(model, [[5, 6]], [[7]], length=2, threshold=1.5)
     with pytest.raises(ValueError, match="tokenizer"):
         nd.infill(model, "abc", "d", length=2)
+
+
+def test_revise_spans_match_reference():
+    model = tiny_model()
+    mask = model.config.mask_token_id
+    rows = [list(map(int, r)) for r in prompts([12, 9], seed=4)]
+    spans = [[(3, 5), (7, 9)], [(2, 6)]]
+    res = nd.revise(model, rows, spans=spans)
+    for i, (r, sp) in enumerate(zip(rows, spans)):
+        pos = sorted(j for a, b in sp for j in range(a, b))
+        c = pos[0]
+        window = [mask if c + j in pos else t for j, t in enumerate(r[c:])]
+        want, passes, nfe = fill_oracle(model, r[:c], window)
+        assert res.tokens[i] == r[:c] + want
+        assert res.remasked[i] == pos and res.nfe[i] == nfe == len(pos)
+        assert res.changed[i] == [(j, r[j], res.tokens[i][j]) for j in pos if r[j] != res.tokens[i][j]]
+
+
+def test_revise_remask_below_uses_bidirectional_confidence():
+    model = tiny_model()
+    rows = [list(map(int, r)) for r in prompts([10, 7], seed=5)]
+    res = nd.revise(model, rows, remask_below=0.5, keep=2)
+    for i, r in enumerate(rows):
+        probs = softmax_np(seq_logits(model, r, bidir_from=0))
+        conf = probs[np.arange(len(r)), r]
+        np.testing.assert_allclose(res.confidence[i], conf, atol=1e-4)
+        assert res.remasked[i] == [j for j in range(2, len(r)) if conf[j] < 0.5]
+        assert res.tokens[i][:2] == r[:2] and len(res.tokens[i]) == len(r)
+    with pytest.raises(ValueError, match="exactly one"):
+        nd.revise(model, rows)
+    with pytest.raises(ValueError, match="span"):
+        nd.revise(model, rows, spans=[(0, 3)])
