@@ -43,6 +43,7 @@ examples:
   nemodiff generate --prompt "reverse: a b c d =>" --mode diffusion --show-canvas
   nemodiff generate --model ./NLD-8B --chat --prompt "Hi!" --mode linear_spec --json
   nemodiff chat --model ./NLD-8B --mode diffusion --threshold 0.9
+  nemodiff infill --prefix "reverse: a b c d =>" --suffix " b a" --length 2 --show-canvas
   nemodiff convert --help | train --help | eval --help | sweep --help | oracle --help
   nemodiff bench kernels --help
 
@@ -50,7 +51,7 @@ examples:
 
 
 def build_parser() -> Parser:
-    from . import demo as cli_demo, generate as cli_generate
+    from . import demo as cli_demo, generate as cli_generate, infill as cli_infill
 
     parser = Parser(prog=PROG, description="Nemotron-Labs-Diffusion tri-mode LMs in JAX: AR, block diffusion "
                     "and self-speculation from one checkpoint.", epilog=EPILOG, formatter_class=formatter)
@@ -60,6 +61,7 @@ def build_parser() -> Parser:
     cli_generate.add_generate(sub)
     cli_generate.add_chat(sub)
     cli_demo.add_demo(sub)
+    cli_infill.add_infill(sub)
     for name, (_, _, text, _) in DELEGATES.items():
         sub.add_parser(name, help=text, add_help=False)
     sub.add_parser("bench", help="benchmarks: `nemodiff bench kernels ...`", add_help=False)
