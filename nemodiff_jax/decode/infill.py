@@ -67,7 +67,7 @@ def _masked(x, window_len, mask_id: int) -> Bool[Array, "B W"]:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "policy"))
 def denoise(params, cfg: NLDConfig, prefix: Int[Array, "B P"], prefix_len: Int[Array, "B"], window: Int[Array, "B W"],
-            window_len: Int[Array, "B"], keys, knobs: Knobs, steps: Int[Array, "B"], *, policy: str) -> dict:
+            window_len: Int[Array, "B"], *, keys, knobs: Knobs, steps: Int[Array, "B"], policy: str) -> dict:
     """Denoise every mask of ``window`` (right after each row's cached prefix) to the end.
 
     ``steps``: the step budget the quota policies split each row's masks over (a row commits
@@ -111,11 +111,14 @@ def denoise(params, cfg: NLDConfig, prefix: Int[Array, "B P"], prefix_len: Int[A
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "policy"))
-def _denoise_flat(params, cfg, prefix, prefix_len, window, window_len, keys, knob_leaves: tuple, steps, *, policy):
-    """:func:`denoise` with the knobs as a tuple of arrays, so ``lower()`` can rebuild its
-    placeholders (the runtime-checked :class:`Knobs` rejects them) and compile ahead of time."""
+def _denoise_flat(params, cfg, args: tuple, *, policy):
+    """:func:`denoise` over ``(prefix, prefix_len, window, window_len, keys, knob leaves, steps)``:
+    the knobs as a tuple of arrays, so ``lower()`` can rebuild its placeholders (the
+    runtime-checked :class:`Knobs` rejects them) and compile ahead of time."""
+    prefix, prefix_len, window, window_len, keys, knob_leaves, steps = args
     knobs = jax.tree.unflatten(jax.tree.structure(Knobs.make(1)), knob_leaves)
-    return denoise(params, cfg, prefix, prefix_len, window, window_len, keys, knobs, steps, policy=policy)
+    return denoise(params, cfg, prefix, prefix_len, window, window_len, keys=keys, knobs=knobs, steps=steps,
+                   policy=policy)
 
 
 # --------------------------------------------------------------------------- host side
@@ -248,9 +251,10 @@ def run_denoise(model: Model, prefixes: list[list[int]], windows: list[list[int]
     args = [sharding.place_rows(a, mesh) for a in args]
     steps = jnp.asarray(steps, jnp.int32)
     leaves = tuple(jnp.asarray(x) for x in jax.tree.leaves(knobs))
-    compiled, compile_s = _compiled(model.params, cfg, *args, leaves, steps, policy=policy)
+    args = (*args, leaves, steps)
+    compiled, compile_s = _compiled(model.params, cfg, args, policy=policy)
     t0 = time.perf_counter()
-    out = jax.block_until_ready(compiled(model.params, *args, leaves, steps))
+    out = jax.block_until_ready(compiled(model.params, args))
     return jax.device_get(out), compile_s, time.perf_counter() - t0
 
 
@@ -258,14 +262,14 @@ _COMPILED: dict = {}
 COMPILES = [0]
 
 
-def _compiled(params, cfg, *args, policy: str):
+def _compiled(params, cfg, args: tuple, *, policy: str):
     """The AOT-compiled :func:`denoise` for these shapes (``COMPILES`` counts the compilations), and the seconds it took (0 if cached)."""
     sig = (cfg, policy, jax.tree.structure((params, args)),
            tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves((params, args))))
     if sig in _COMPILED:
         return _COMPILED[sig], 0.0
     t0 = time.perf_counter()
-    fn = _denoise_flat.lower(params, cfg, *args, policy=policy).compile()
+    fn = _denoise_flat.lower(params, cfg, args, policy=policy).compile()
     if len(_COMPILED) > 32:
         _COMPILED.clear()
     _COMPILED[sig] = fn
