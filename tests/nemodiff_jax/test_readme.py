@@ -37,3 +37,15 @@ def test_string_prompts_get_bos_like_ids():
     a = nd.generate(model, [text], mode="ar", max_new_tokens=8)
     b = nd.generate(model, [ids], mode="ar", max_new_tokens=8)
     assert a.tokens == b.tokens
+
+
+def test_readme_infill_example():
+    import nemodiff_jax as nd
+
+    block = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)[1]
+    assert "nd.infill" in block
+    scope: dict = {"nd": nd, "model": nd.load("embedded")}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(block, str(README), "exec"), scope)
+    assert scope["fill"].texts == [" d c"]  # reverse: a b c d => d c | b a
+    assert scope["rev"].changed == [[]] and scope["rev"].tokens == scope["fill"].canvas
