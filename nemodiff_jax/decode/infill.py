@@ -165,7 +165,7 @@ def rows_of(x, n: int | None, what: str) -> list:
     """A batch: one string / id list for a single row, or a list of them."""
     if isinstance(x, str) or (isinstance(x, Sequence) and x and all(isinstance(t, (int, np.integer)) for t in x)):
         x = [x]
-    elif isinstance(x, Sequence) and len(x) == 0 and n == 1:
+    elif isinstance(x, Sequence) and len(x) == 0 and n is not None:  # [] = no suffix for every row
         x = [[]]
     if not isinstance(x, Sequence) or isinstance(x, str) or len(x) == 0:
         raise ValueError(f"{what}: expected a string, a list of ids, or a non-empty list of either")

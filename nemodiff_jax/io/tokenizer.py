@@ -227,7 +227,8 @@ def encode_prompt(tokenizer, text: str, *, bos_id: int | None = None) -> list[in
     whatever the tokenizer's own post-processor adds (the released NLD tokenizer adds BOS), and
     BOS in front when the tokenizer does not add it itself, because every NLD checkpoint was
     trained on ``<bos> prompt`` (the shipped tokenizer has no post-processor). A text that already
-    starts with BOS (``"<bos>..."``, a rendered chat template) gets no second one.
+    starts with BOS (``"<bos>..."``, a rendered chat template) gets no second one (transformers
+    would give two there).
 
     ``tokenizer``: a :class:`Tokenizer` or a raw ``tokenizers.Tokenizer``; ``bos_id``: BOS for a
     raw tokenizer (default: the :class:`Tokenizer`'s ``bos_id``). No BOS id known: none is added.
@@ -239,4 +240,6 @@ def encode_prompt(tokenizer, text: str, *, bos_id: int | None = None) -> list[in
     ids = [int(i) for i in hf.encode(text, add_special_tokens=True).ids]
     if bos is not None and (not ids or ids[0] != bos):
         ids = [int(bos), *ids]
+    if bos is not None and ids[:2] == [bos, bos]:  # the post-processor's BOS before one in the text
+        ids = ids[1:]
     return ids
