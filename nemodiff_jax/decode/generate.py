@@ -53,6 +53,8 @@ class GenerateResult:
 
     ``stats`` holds the decode's statistics as numpy arrays (see the decode module of the
     mode; every mode has ``commit_pass``: the NFE index that produced each token).
+    ``wall_time`` is the decode alone; ``compile_time`` the ahead-of-time compilation before it
+    (0 when the program for these shapes was already compiled), so tokens / wall_time is throughput.
     """
 
     tokens: list[list[int]]
