@@ -25,6 +25,10 @@ _EXPORTS = {
     "GenerateResult": "decode.generate",
     "stream": "decode.generate",
     "StreamUpdate": "decode.generate",
+    "infill": "decode.infill",
+    "InfillResult": "decode.infill",
+    "revise": "decode.revise",
+    "ReviseResult": "decode.revise",
     "load": "io.checkpoint",
     "make_mesh": "model.sharding",
     "shard_model": "model.sharding",
@@ -47,6 +51,8 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from .decode.generate import GenerateResult, StreamUpdate, generate, stream  # noqa: F401
+    from .decode.infill import InfillResult, infill  # noqa: F401
+    from .decode.revise import ReviseResult, revise  # noqa: F401
     from .io.checkpoint import load  # noqa: F401
     from .model.cache import KVCache  # noqa: F401
     from .model.config import NLDConfig  # noqa: F401

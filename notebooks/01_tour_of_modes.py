@@ -120,3 +120,28 @@ ax.bar(range(last), hist[:last])
 ax.set_xlabel("forward pass")
 ax.set_ylabel("tokens committed")
 show(fig, "01_tokens_per_pass")
+
+# %% [markdown]
+# ## Infilling: fill the middle
+# What an AR model cannot do in one pass: masks between a prefix and a suffix
+# (docs/ALGORITHMS.md, "Infilling and revision"). We cut a span out of the first
+# example's answer, keep the answer head in the prefix and the rest as the suffix, and let
+# `nd.infill` fill it one token per step. The picture is the window `[span, suffix]`:
+# the colour of a filled cell is the pass that committed it (0 = given suffix token).
+
+# %%
+import nemodiff_jax as nd
+
+answer = codec.tok.encode(examples[0].answer, add_special_tokens=False).ids
+head, span = 1, min(4, max(len(answer) - 2, 1))
+fill = nd.infill(model, [prompts[0] + answer[:head]], [answer[head + span:]], length=span)
+print("cut:   ", codec.decode(answer[head:head + span]))
+print("filled:", codec.decode(fill.tokens[0]), "| exact:", fill.tokens[0] == answer[head:head + span],
+      f"| {fill.nfe[0]} passes, decode {fill.wall_time * 1e3:.0f} ms, compile {fill.compile_time:.1f} s")
+window = fill.tokens[0] + answer[head + span:]
+passes = fill.commit_pass[0] + [0] * (len(window) - span)
+fig, ax = plt.subplots(figsize=figure_size(len(window), 1))
+im = plot_canvas(ax, passes, len(window), [codec.decode([t]).strip() or "·" for t in window],
+                 title=f"infilled span ({span} masks) + suffix")
+fig.colorbar(im, ax=ax, label="forward pass")
+show(fig, "01_infill")

@@ -47,6 +47,7 @@ examples:
   nemodiff generate --model ./NLD-8B --chat --prompt "Hi!" --mode linear_spec --json
   nemodiff chat --model ./NLD-8B --mode diffusion --threshold 0.9
   nemodiff plan --model 14b --batch 16 --prompt 4096 --dtype bfloat16   memory per device, smallest mesh
+  nemodiff infill --prefix "reverse: a b c d =>" --suffix " b a" --length 2 --show-canvas
   nemodiff convert --help | train --help | eval --help | sweep --help | oracle --help
   nemodiff bench decode --repeats 5            every mode vs a torch twin, side by side
   nemodiff bench kernels --help
@@ -55,7 +56,7 @@ examples:
 
 
 def build_parser() -> Parser:
-    from . import demo as cli_demo, generate as cli_generate, plan as cli_plan
+    from . import demo as cli_demo, generate as cli_generate, infill as cli_infill, plan as cli_plan
 
     parser = Parser(prog=PROG, description="Nemotron-Labs-Diffusion tri-mode LMs in JAX: AR, block diffusion "
                     "and self-speculation from one checkpoint.", epilog=EPILOG, formatter_class=formatter)
@@ -66,6 +67,7 @@ def build_parser() -> Parser:
     cli_generate.add_chat(sub)
     cli_demo.add_demo(sub)
     cli_plan.add_plan(sub)
+    cli_infill.add_infill(sub)
     for name, (_, _, text, _) in DELEGATES.items():
         sub.add_parser(name, help=text, add_help=False)
     sub.add_parser("bench", help="benchmarks: `nemodiff bench decode ...`, `nemodiff bench kernels ...`", add_help=False)

@@ -128,7 +128,9 @@ def encode_prompt(model, text: str, chat: bool = False, system: str | None = Non
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
         with hint("the model's chat template rejected the messages; try without --chat"):
             return tok.apply_chat_template(messages, tokenize=True)
-    return tok.encode(text, add_bos=bos and tok.bos_id is not None)
+    if not bos:  # --no-bos: the raw ids, nothing added
+        return tok.encode(text)
+    return tok.encode_prompt(text)  # the library's one encoder (nemodiff_jax.io.tokenizer.encode_prompt)
 
 
 def run_generate(model, prompts, kw: dict, command: str, warmup: bool = False):

@@ -44,6 +44,7 @@ from .knobs import Knobs, LoopSpec, cache_needed
 
 from .knobs import MODES  # noqa: E402
 PROMPT_BUCKET_MIN = 16
+DIFFUSION_THRESHOLD = 0.9  # official chat default and SGLang FastDiffuser: threshold 0.9 at block 32
 OUT_BUCKET_MIN = 64
 
 
@@ -55,6 +56,8 @@ class GenerateResult:
     mode; every mode has ``commit_pass``: the NFE index that produced each token, and
     ``nonfinite``: bool per prompt, True where the row stopped because its logits turned NaN/Inf;
     such a row's tokens end before the bad step, and generate warns).
+    ``wall_time`` is the decode alone; ``compile_time`` the ahead-of-time compilation before it
+    (0 when the program for these shapes was already compiled), so tokens / wall_time is throughput.
     """
 
     tokens: list[list[int]]
@@ -64,6 +67,7 @@ class GenerateResult:
     wall_time: float
     mode: str
     texts: list[str] | None = None
+    compile_time: float = 0.0  # seconds compiling before the decode (0: the program was cached); never in wall_time
 
 
 def _pow2_at_least(n: int, floor: int) -> int:
@@ -102,7 +106,7 @@ def _as_id_lists(model: Model, prompts: Any) -> list[list[int]]:
         if isinstance(p, str):
             if model.tokenizer is None:
                 raise ValueError("string prompts need a model with a tokenizer (model.tokenizer is None)")
-            p = model.tokenizer.encode(p)
+            p = model.tokenizer.encode_prompt(p)  # BOS first: nemodiff_jax.io.tokenizer.encode_prompt
         if isinstance(p, (np.ndarray, jax.Array)):
             p = np.asarray(p).tolist() if np.issubdtype(np.asarray(p).dtype, np.integer) else list(np.asarray(p))
         bad_type = [t for t in p if isinstance(t, bool) or not isinstance(t, (int, np.integer))]
@@ -311,8 +315,9 @@ def prepare(model: Model, prompts, *, mode: str = "ar", max_new_tokens: int = 12
             f"cache_len ({cache_len}) is too small for {mode}: prompt bucket {width} + output bucket {out_len} "
             f"+ window slack needs {required} (prompt {longest}, max_new_tokens {max_new_tokens})"
         )
-    quota = per["threshold"][0] is None
-    name = "quota" if (mode == "diffusion" and policy == "threshold" and quota) else policy
+    if mode == "diffusion":  # the released model's default: threshold 0.9 (docs/ALGORITHMS.md, "Default knobs")
+        per["threshold"] = [DIFFUSION_THRESHOLD if t is None else t for t in per["threshold"]]
+    name = policy
     spec = LoopSpec(mode=mode, block_length=bl, out_len=out_len, cache_len=cache_len, prompt_width=width,
                     acceptance=acceptance if mode == "linear_spec" else "speculative",
                     policy=name if mode == "diffusion" else "threshold", slots=min(batch_size or n, n))
@@ -367,8 +372,9 @@ def generate(model: Model, prompts, *, mode: str = "ar", max_new_tokens: int = 1
     Keywords:
     ``mode``: ``"ar"``, ``"diffusion"``, ``"linear_spec"`` or ``"quadratic_spec"``.
     ``max_new_tokens`` (128), ``block_length`` (the config's block size).
-    ``threshold``: diffusion's confidence threshold (None = the quota schedule of docs/ALGORITHMS.md)
-    or linear speculation's draft threshold (None = 0: fill the block in one draft pass).
+    ``threshold``: diffusion's confidence threshold (None = 0.9, the released model's chat default
+    and SGLang's; ``policy="quota"`` runs the quota schedule instead) or linear speculation's draft
+    threshold (None = 0: fill the block in one draft pass).
     ``temperature`` / ``top_k`` / ``top_p``: sampling (0 / 0 / 1 = greedy). ``threshold``,
     ``temperature``, ``top_k`` and ``top_p`` take a scalar or one value per prompt.
     ``policy``: the diffusion unmask policy (:mod:`nemodiff_jax.unmask`); ``policy_params``:
@@ -390,10 +396,40 @@ def generate(model: Model, prompts, *, mode: str = "ar", max_new_tokens: int = 1
                 threshold=threshold, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, policy=policy,
                 policy_params=policy_params, lora=lora, max_thinking_tokens=max_thinking_tokens,
                 end_think_token_id=end_think_token_id, cache_len=cache_len, batch_size=batch_size)
+    compiled, compile_s = _compiled_decode(model.params, model.config, p.queue, p.spec)
     t0 = time.perf_counter()
-    out = decode(model.params, model.config, p.queue, spec=p.spec)
+    out = compiled(model.params, jax.tree.leaves(p.queue))
     out = jax.block_until_ready(sharding.replicated(out, p.mesh))
-    return _result(model, p.rows, out, time.perf_counter() - t0, p.spec.mode)
+    res = _result(model, p.rows, out, time.perf_counter() - t0, p.spec.mode)
+    res.compile_time = compile_s
+    return res
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_decode(params, cfg, queue, spec: LoopSpec):
+    """The engine's decode compiled ahead of time (``lower().compile()``) for these shapes, cached,
+    and the seconds compiling took (0 when cached): so ``wall_time`` never includes compilation.
+
+    Lowered over the queue's flat leaves (runtime-checked Knobs reject ``Lowered``'s placeholders)."""
+    from .engine import decode
+
+    leaves, treedef = jax.tree.flatten(queue)
+    sig = (cfg, spec, treedef, jax.tree.structure(params),
+           tuple((x.shape, str(x.dtype), str(getattr(x, "sharding", ""))) for x in jax.tree.leaves((params, leaves))))
+    if sig in _COMPILED:
+        return _COMPILED[sig], 0.0
+
+    def run(params, leaves):
+        return decode(params, cfg, jax.tree.unflatten(treedef, leaves), spec=spec)
+
+    t0 = time.perf_counter()
+    fn = jax.jit(run).lower(params, leaves).compile()
+    if len(_COMPILED) > 32:
+        _COMPILED.clear()
+    _COMPILED[sig] = fn
+    return fn, time.perf_counter() - t0
 
 
 @dataclasses.dataclass
@@ -426,13 +462,21 @@ def _stream_rounds(model: Model, p: Prepared, every: int) -> Iterator[StreamUpda
     from . import engine
 
     cfg, params = model.config, model.params
+    progs = (engine.start, engine.advance, engine.peek)
+    sizes = [f._cache_size() for f in progs]
     t0 = time.perf_counter()
     e, queue = engine.start(params, cfg, p.queue, spec=p.spec)
     p = dataclasses.replace(p, queue=queue)
+    compile_s, first = 0.0, True
     while True:
         e = engine.advance(params, cfg, e, p.queue, every, spec=p.spec)
         # gathered onto every device first, so each process of a multi-host mesh can read it
         view = jax.device_get(sharding.replicated(engine.peek(cfg, e, p.queue, spec=p.spec), p.mesh))
+        if first and [f._cache_size() for f in progs] != sizes:
+            # The first round compiled: its time (compilation and that one round) is compile_time,
+            # so the result's wall_time and tokens/s are the decode alone.
+            compile_s, t0 = time.perf_counter() - t0, time.perf_counter()
+        first = False
         toks = [view["tokens"][i, : int(view["num_tokens"][i])].tolist() for i in range(len(p.rows))]
         done = not engine.busy(e, p.queue)
         upd = StreamUpdate(toks, [bool(x) for x in view["finished"]] if not done else [True] * len(toks))
@@ -447,6 +491,7 @@ def _stream_rounds(model: Model, p: Prepared, every: int) -> Iterator[StreamUpda
                                stats=e.out["stats"])
             out = sharding.replicated(out, p.mesh)
             upd.result = _result(model, p.rows, out, time.perf_counter() - t0, p.spec.mode)
+            upd.result.compile_time = compile_s
         yield upd
         if done:
             return

@@ -14,7 +14,8 @@ from .scorers import EOS
 
 
 class Codec:
-    """Encode prompts with a leading BOS; decode generations with :data:`EOS` appended on stop."""
+    """Encode prompts with the library's one encoder (:func:`nemodiff_jax.io.tokenizer.encode_prompt`,
+    BOS first); decode generations with :data:`EOS` appended on stop."""
 
     def __init__(self, tokenizer, bos_id: int, eos_id: int, special_ids: Iterable[int] = ()):
         # nemodiff_jax.io.tokenizer.Tokenizer wraps a `tokenizers.Tokenizer` as `.hf`.
@@ -34,9 +35,9 @@ class Codec:
         return Codec(tok, cfg.bos_token_id, cfg.eos_token_id, special)
 
     def encode(self, text: str) -> list[int]:
-        enc = self.tok.encode(text, add_special_tokens=False)
-        ids = enc.ids if hasattr(enc, "ids") else list(enc)
-        return [self.bos_id, *[int(i) for i in ids]]
+        from ..io.tokenizer import encode_prompt
+
+        return encode_prompt(self.tok, text, bos_id=self.bos_id)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of the ids before the first EOS, plus :data:`EOS` when there was one."""

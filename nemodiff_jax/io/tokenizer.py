@@ -108,6 +108,10 @@ class Tokenizer:
             ids = [self.bos_id, *ids]
         return ids
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """A prompt's ids as the whole library encodes prompts: see :func:`encode_prompt` (BOS first)."""
+        return encode_prompt(self, text)
+
     def decode(self, ids, skip_special: bool = True) -> str:
         """Text of ``ids``; with ``skip_special`` the special tokens (EOS, mask, ...) are dropped."""
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special)
@@ -213,3 +217,29 @@ def _compile(source: str):
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         _TEMPLATES[source] = env.from_string(source)
     return _TEMPLATES[source]
+
+
+# ---------------------------------------------------------------------- the one prompt encoder
+def encode_prompt(tokenizer, text: str, *, bos_id: int | None = None) -> list[int]:
+    """The ids of a prompt string: the library's ONE string-encoding path.
+
+    It follows the convention of ``transformers``' ``tokenizer(text)`` (``add_special_tokens=True``):
+    whatever the tokenizer's own post-processor adds (the released NLD tokenizer adds BOS), and
+    BOS in front when the tokenizer does not add it itself, because every NLD checkpoint was
+    trained on ``<bos> prompt`` (the shipped tokenizer has no post-processor). A text that already
+    starts with BOS (``"<bos>..."``, a rendered chat template) gets no second one (transformers
+    would give two there).
+
+    ``tokenizer``: a :class:`Tokenizer` or a raw ``tokenizers.Tokenizer``; ``bos_id``: BOS for a
+    raw tokenizer (default: the :class:`Tokenizer`'s ``bos_id``). No BOS id known: none is added.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"a prompt to encode must be a string, got {type(text).__name__}")
+    hf = getattr(tokenizer, "hf", tokenizer)
+    bos = getattr(tokenizer, "bos_id", None) if bos_id is None else bos_id
+    ids = [int(i) for i in hf.encode(text, add_special_tokens=True).ids]
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [int(bos), *ids]
+    if bos is not None and ids[:2] == [bos, bos]:  # the post-processor's BOS before one in the text
+        ids = ids[1:]
+    return ids

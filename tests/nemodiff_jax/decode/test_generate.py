@@ -23,6 +23,9 @@ class CharTokenizer:
     def encode(self, text):
         return [4 + (ord(c) % 60) for c in text]
 
+    def encode_prompt(self, text):  # the library's prompt convention: BOS (1 in the tiny config) first
+        return [1, *self.encode(text)]
+
     def decode(self, ids):
         return "".join(chr(ord("A") + (i % 26)) for i in ids)
 
@@ -114,14 +117,20 @@ def test_no_recompile_across_sweeps():
     m = tiny_model()
     generate(m, ROWS, mode="diffusion", max_new_tokens=12, block_length=4, threshold=0.3)
     generate(m, ROWS, mode="ar", max_new_tokens=12)
-    size = engine.decode._cache_size()
-    for i, (max_new, thr, t, seed) in enumerate([(8, 0.9, 0.0, 1), (20, 0.1, 0.8, 2), (64, 0.5, 1.3, 3)]):
-        r = generate(m, ROWS, mode="diffusion", max_new_tokens=max_new, block_length=4, threshold=thr,
-                     temperature=t, seed=seed, top_k=5 * i, top_p=1.0 - 0.1 * i)
-        assert all(len(x) <= max_new for x in r.tokens)
-        generate(m, ROWS, mode="ar", max_new_tokens=max_new, temperature=t, seed=seed, top_k=3 * i,
-                 max_thinking_tokens=i, end_think_token_id=7)
-    assert engine.decode._cache_size() == size
+    from nemodiff_jax.eval.compiles import CompileCounter
+
+    # generate compiles ahead of time (its own cache of lowered programs): count XLA compiles
+    size, programs = engine.decode._cache_size(), len(nemodiff_jax.decode.generate._COMPILED)
+    with CompileCounter() as cc:
+        for i, (max_new, thr, t, seed) in enumerate([(8, 0.9, 0.0, 1), (20, 0.1, 0.8, 2), (64, 0.5, 1.3, 3)]):
+            r = generate(m, ROWS, mode="diffusion", max_new_tokens=max_new, block_length=4, threshold=thr,
+                         temperature=t, seed=seed, top_k=5 * i, top_p=1.0 - 0.1 * i)
+            assert all(len(x) <= max_new for x in r.tokens) and r.compile_time == 0.0
+            a = generate(m, ROWS, mode="ar", max_new_tokens=max_new, temperature=t, seed=seed, top_k=3 * i,
+                         max_thinking_tokens=i, end_think_token_id=7)
+            assert a.compile_time == 0.0
+    assert engine.decode._cache_size() == size and len(nemodiff_jax.decode.generate._COMPILED) == programs
+    assert cc.count == 0, f"{cc.count} XLA compilations while only traced knobs changed"
 
 
 def test_text_io_and_result_fields():

@@ -52,6 +52,11 @@ def test_correct_answers_score_and_routing():
         "diffusion", {"threshold": 0.7, "block_length": 16, "lora": False})
     with pytest.raises(ValueError, match="unknown mode"):
         parse_mode("bogus")
+    # an inline knob the mode does not take is an error naming the ones it accepts
+    with pytest.raises(ValueError, match=r"'thr' .* not a knob of diffusion; diffusion accepts .*threshold"):
+        parse_mode("diffusion:thr=0.1")
+    with pytest.raises(ValueError, match=r"linear_spec accepts .*draft_threshold"):
+        parse_mode("linear_spec:threshold=0.99")
     knobs = dict(threshold=0.9, draft_threshold=0.2, max_new_tokens=20, temperature=0.5, policy="margin")
     assert mode_kwargs("ar", knobs, 8) == {"max_new_tokens": 20, "temperature": 0.5}
     assert mode_kwargs("diffusion", knobs, 8) == {"threshold": 0.9, "max_new_tokens": 16, "temperature": 0.5,

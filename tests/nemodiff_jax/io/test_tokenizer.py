@@ -221,3 +221,33 @@ def test_shipped_tokenizer(directory):
     assert tok.decode(tok.encode(text)) == text
     ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=True)
     assert ids[:2] == [1, 6] and ids[-1] == 7
+
+
+# ---------------------------------------------------------------------- the one prompt encoder
+EMBEDDED = Path(__file__).resolve().parents[3] / "nemodiff_jax" / "assets" / "embedded"
+
+
+@pytest.mark.parametrize("post_processor", [False, True])
+def test_encode_prompt_follows_transformers_add_special_tokens(tmp_path, post_processor):
+    """``encode_prompt`` = transformers' ``tokenizer(text)["input_ids"]`` where the tokenizer adds
+    BOS itself (the released NLD tokenizer); BOS + ids where it adds nothing (the shipped one)."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers.processors import TemplateProcessing
+
+    from nemodiff_jax.io.tokenizer import encode_prompt
+
+    d = tmp_path / "tok"
+    shutil.copytree(EMBEDDED, d, ignore=shutil.ignore_patterns("*.safetensors", "linear_spec_lora"))
+    if post_processor:
+        hf = HFTokenizer.from_file(str(d / "tokenizer.json"))
+        hf.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+        hf.save(str(d / "tokenizer.json"))
+    ours = Tokenizer.from_dir(d, NLDConfig.from_hf(d))
+    ref = transformers.PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"), bos_token="<bos>")
+    for text in ["reverse: a b c =>", "sort: 3 1 2 =>", "Hello, world!", ""]:
+        want = ref(text, add_special_tokens=True)["input_ids"]
+        if not post_processor:
+            assert want[:1] != [1]  # this tokenizer adds nothing: the model's BOS is put first
+            want = [1, *want]
+        assert ours.encode_prompt(text) == want == encode_prompt(ours.hf, text, bos_id=1)
+        assert ours.encode_prompt("<bos>" + text) == want  # never a second BOS
