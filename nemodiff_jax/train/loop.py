@@ -69,6 +69,12 @@ def initial_state(tc: TrainConfig, opt) -> dict:
 
         m = load(tc.init_from, dtype=tc.model.dtype)
         params = m.params
+        if "lora_a" in params["layers"]["self_attn"]:
+            # The joint objective never runs the draft LoRA (it would only decay under AdamW), and
+            # the checkpoint template (init_params) has none: drop it; draft-LoRA training adds one.
+            from .lora import split_lora
+
+            params = split_lora(params)[0]
     else:
         params = init_params(tc.model, tc.seed)
     return _state_template(tc, params, opt)
