@@ -40,8 +40,11 @@ def infill_cases(tok, examples, seed: int = 0, suffix_max: int = 16):
     return out
 
 
-def infill(model, cases, *, lora: bool = False, batch: int = 40) -> list[bool]:
-    """Exact recovery per case: one committed token per bidirectional forward, by confidence."""
+def infill(model, cases, *, lora: bool = False, batch: int = 40, attention: str = "bidirectional") -> list[bool]:
+    """Exact recovery per case: one committed token per forward, by confidence.
+
+    ``attention``: ``"bidirectional"`` (every window token sees every other) or ``"mixed"`` (the
+    prefix causal, as a KV cache would hold it; the masks and the suffix see everything)."""
     import jax.numpy as jnp
 
     from nemodiff_jax.model import masks
@@ -58,7 +61,11 @@ def infill(model, cases, *, lora: bool = False, batch: int = 40) -> list[bool]:
             ids[r, :len(row)] = row
         lengths = jnp.asarray([len(r) for r in rows], jnp.int32)
         b = len(rows)
-        policy = masks.bidirectional(jnp.zeros((b,), jnp.int32), width, b, window_len=lengths)
+        zero = jnp.zeros((b,), jnp.int32)
+        if attention == "mixed":
+            policy = masks.mixed(zero, jnp.asarray([len(p) for p, _, _, _ in chunk], jnp.int32), lengths, b)
+        else:
+            policy = masks.bidirectional(zero, width, b, window_len=lengths)
         pos = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (b, width))
         for _ in range(max(len(s) for _, s, _, _ in chunk)):
             logits, _ = forward(model.params, cfg, jnp.asarray(ids), pos, policy, None, jnp.float32(float(lora)))
@@ -126,6 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=40)
     ap.add_argument("--skip-diffusion", action="store_true")
+    ap.add_argument("--infill-attention", default="bidirectional", choices=("bidirectional", "mixed"))
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -147,11 +155,11 @@ def main(argv=None) -> int:
         report["diffusion"] = {k: {"ok": v[0], "prompt_len": v[1], "tpf": v[2]} for k, v in rows.items()}
     cases = infill_cases(_hf_tokenizer(model), examples, seed=args.seed)
     for lora in loras:
-        ok = infill(model, cases, lora=lora, batch=args.batch)
+        ok = infill(model, cases, lora=lora, batch=args.batch, attention=args.infill_attention)
         per = defaultdict(list)
         for k, c in zip(ok, cases):
             per[c[3]].append(k)
-        name = f"infill{'+lora' if lora else ''}"
+        name = f"infill{'+lora' if lora else ''} ({args.infill_attention})"
         print(f"{name}: {100 * np.mean(ok):.1f}% exact ({len(ok)} cases) | "
               + ", ".join(f"{t} {100 * np.mean(v):.0f}%" for t, v in sorted(per.items())))
         report[name] = {"accuracy": float(np.mean(ok)), "per_task": {t: float(np.mean(v)) for t, v in per.items()}}
