@@ -163,6 +163,9 @@ def joint_loss(
 ) -> tuple[Float[Array, ""], dict]:
     """Corrupt, run the one doubled forward, and return (loss, metrics)."""
     b, length = ids.shape
+    if obj.align_blocks and cfg.attention_impl != "xla":
+        # pallas_kernels/block_attention.py plans its block_diff tiles with blocks from position 0.
+        raise ValueError("align_blocks needs attention_impl='xla' (the Pallas tile plan assumes block offset 0)")
     eligible = loss_mask.astype(bool)
     masked, p_mask = corrupt(key, eligible, obj)
     tokens, positions = doubled_inputs(ids, masked, cfg.mask_token_id)
