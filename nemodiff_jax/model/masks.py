@@ -17,7 +17,10 @@ Layouts (static, they change the structure of the mask):
   ``r`` is ``[d_r, M x B]``; the row head sees the heads ``0..r``; a mask slot of row
   ``r`` sees the heads ``0..r`` and every slot of its own row.
 * ``"block_diff"``: the training mask over ``[x_t | x_0]`` (docs/ALGORITHMS.md, "Training objective"), used
-  without a cache: the window is the whole doubled sequence of length ``2L``.
+  without a cache: the window is the whole doubled sequence of length ``2L``. Here
+  ``bidir_start`` is the row's block offset: blocks are ``(position - offset) // block``, so
+  with offset = the answer's first position the training blocks line up with inference
+  blocks, which start at the prompt's end (positions before the offset fall in negative blocks).
 
 Per-row fields are traced int32 arrays, so changing them never recompiles.
 """
@@ -83,9 +86,12 @@ def quadratic(prefix_len, block: int, batch: int | None = None) -> AttentionPoli
     return AttentionPolicy(_rows(prefix_len, batch), _rows(q, batch), _rows(q, batch), "quadratic", block)
 
 
-def block_diff(seq_len: int, block: int, batch: int) -> AttentionPolicy:
-    """Training mask over the doubled sequence ``[x_t | x_0]`` of length ``2 * seq_len``."""
-    return AttentionPolicy(_rows(0, batch), _rows(0, batch), _rows(2 * seq_len, batch), "block_diff", block)
+def block_diff(seq_len: int, block: int, batch: int, offset=0) -> AttentionPolicy:
+    """Training mask over the doubled sequence ``[x_t | x_0]`` of length ``2 * seq_len``.
+
+    ``offset`` (int or int32 ``[B]``, traced): where each row's block 0 starts (0: blocks counted
+    from position 0; the answer's start: blocks aligned with inference)."""
+    return AttentionPolicy(_rows(0, batch), _rows(offset, batch), _rows(2 * seq_len, batch), "block_diff", block)
 
 
 class RowPolicy(NamedTuple):
@@ -126,7 +132,8 @@ def window_visibility(policy, q_idx, k_idx):
     half = policy.window_len // 2
     q_clean, k_clean = q_idx >= half, k_idx >= half
     q_pos, k_pos = jnp.where(q_clean, q_idx - half, q_idx), jnp.where(k_clean, k_idx - half, k_idx)
-    q_blk, k_blk = q_pos // policy.block, k_pos // policy.block
+    off = policy.bidir_start  # the row's block offset (see the module docstring)
+    q_blk, k_blk = (q_pos - off) // policy.block, (k_pos - off) // policy.block
     noisy_noisy = ~q_clean & ~k_clean & (q_blk == k_blk)
     noisy_clean = ~q_clean & k_clean & (k_blk < q_blk)
     clean_clean = q_clean & k_clean & (k_pos <= q_pos)

@@ -69,6 +69,12 @@ def initial_state(tc: TrainConfig, opt) -> dict:
 
         m = load(tc.init_from, dtype=tc.model.dtype)
         params = m.params
+        if tc.model.lora_rank == 0 and "lora_a" in params["layers"]["self_attn"]:
+            # config.json carries no LoRA (the adapter does), so the checkpoint template
+            # (init_params) has none: drop the loaded adapter (the joint objective never runs
+            # it; it would only decay under AdamW). Draft-LoRA training adds a fresh one.
+            sa = {k: v for k, v in params["layers"]["self_attn"].items() if k not in ("lora_a", "lora_b")}
+            params = {**params, "layers": {**params["layers"], "self_attn": sa}}
     else:
         params = init_params(tc.model, tc.seed)
     return _state_template(tc, params, opt)

@@ -37,6 +37,9 @@ class ObjectiveConfig:
     corruption: str = "uniform"  # or "blockwise" (docs/ALGORITHMS.md, "Training objective", position dependent)
     half_life_ratio: float = 0.25
     block_size: int = 32
+    # Count training blocks from each row's first supervised token (the answer's start), as
+    # inference does from the prompt's end; False counts them from position 0.
+    align_blocks: bool = False
 
     def __post_init__(self):
         if self.corruption not in ("uniform", "blockwise"):
@@ -145,6 +148,11 @@ def loss_from_logits(
     return loss, metrics
 
 
+def block_offsets(eligible: Bool[Array, "B L"]) -> Int[Array, "B"]:
+    """Each row's first supervised position (0 for a row with none): the aligned block offset."""
+    return jnp.where(jnp.any(eligible, axis=1), jnp.argmax(eligible, axis=1), 0).astype(jnp.int32)
+
+
 def joint_loss(
     params,
     cfg: NLDConfig,
@@ -155,9 +163,12 @@ def joint_loss(
 ) -> tuple[Float[Array, ""], dict]:
     """Corrupt, run the one doubled forward, and return (loss, metrics)."""
     b, length = ids.shape
+    if obj.align_blocks and cfg.attention_impl != "xla":
+        # pallas_kernels/block_attention.py plans its block_diff tiles with blocks from position 0.
+        raise ValueError("align_blocks needs attention_impl='xla' (the Pallas tile plan assumes block offset 0)")
     eligible = loss_mask.astype(bool)
     masked, p_mask = corrupt(key, eligible, obj)
     tokens, positions = doubled_inputs(ids, masked, cfg.mask_token_id)
-    policy = masks.block_diff(length, obj.block_size, b)
+    policy = masks.block_diff(length, obj.block_size, b, offset=block_offsets(eligible) if obj.align_blocks else 0)
     logits, _ = forward(params, cfg, tokens, positions, policy, None, jnp.float32(0.0))
     return loss_from_logits(logits, ids, eligible, masked, p_mask, obj)

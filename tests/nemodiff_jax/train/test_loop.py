@@ -66,3 +66,29 @@ def test_export_loads_back(runs, tmp_path):
     m = load(d, dtype="float32")
     for a, b in zip(jax.tree.leaves(full["params"]), jax.tree.leaves(m.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_init_from_drops_the_draft_lora(tmp_path):
+    """Fine-tuning a model that ships a draft LoRA: the state has init_params' structure (so
+    checkpoints restore) and the base weights of the model, the LoRA left out."""
+    from nemodiff_jax.model.forward import init_params
+    from nemodiff_jax.train.export import export_hf
+    from nemodiff_jax.train.loop import initial_state
+    from nemodiff_jax.train.lora import ensure_lora
+    from nemodiff_jax.train.optim import make_optimizer
+
+    cfg = config_from_dict({**TINY, "out_dir": str(tmp_path / "r")})
+    base = init_params(cfg.model, 3)
+    with_lora = ensure_lora(cfg.model, base, seed=1)
+    assert "lora_a" in with_lora["layers"]["self_attn"]
+    d = export_hf(tmp_path / "m", cfg.model, jax.tree.map(np.asarray, with_lora))
+    no_model = {k: v for k, v in TINY.items() if k != "model"}
+    tc = config_from_dict({**no_model, "init_from": str(d), "out_dir": str(tmp_path / "r")})
+    assert tc.model.lora_rank == 0  # config.json carries no LoRA; the adapter does
+    state = initial_state(tc, make_optimizer(tc.optim, tc.steps))
+    template = init_params(tc.model, 0)
+    assert jax.tree.structure(state["params"]) == jax.tree.structure(template)
+    sa = {k: v for k, v in base["layers"]["self_attn"].items() if k not in ("lora_a", "lora_b")}
+    expected = {**base, "layers": {**base["layers"], "self_attn": sa}}
+    for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -192,3 +192,69 @@ def test_joint_loss_runs_end_to_end():
     ids = jnp.asarray(np.random.default_rng(1).integers(8, 32, (2, 8)), jnp.int32)
     loss, m = joint_loss(params, CFG, ObjectiveConfig(block_size=4), ids, jnp.ones((2, 8), jnp.int32), jax.random.key(0))
     assert np.isfinite(float(loss)) and abs(float(m["ar_loss"]) - np.log(32)) < 0.5
+
+
+# ---- aligned training blocks (issue 15): a per-row block offset -----------------------------
+
+def _aligned_allowed(length, block, offset):
+    """The block-diff mask with blocks starting at ``offset + m * block`` (m any integer), by loops."""
+    starts = [s for s in range(offset % block - block, length + block, block)]
+
+    def blk(p):  # index of the last block start <= p, counted by hand
+        return sum(1 for s in starts if s <= p)
+
+    allowed = np.zeros((2 * length, 2 * length), bool)
+    for q in range(2 * length):
+        for k in range(2 * length):
+            qc, kc = q >= length, k >= length
+            qp, kp = q % length, k % length
+            if not qc and not kc:
+                allowed[q, k] = blk(qp) == blk(kp)
+            elif not qc and kc:
+                allowed[q, k] = blk(kp) < blk(qp)
+            elif qc and kc:
+                allowed[q, k] = kp <= qp
+    return allowed
+
+
+def test_block_diff_offset_matches_loop_and_is_traced():
+    from nemodiff_jax.model import masks
+
+    L, block = 11, 4
+    offsets = np.array([0, 1, 3, 4, 6, 10], np.int32)
+    build = jax.jit(lambda off: masks.build_mask(masks.block_diff(L, block, len(offsets), offset=off), 2 * L, 2 * L))
+    got = np.asarray(build(jnp.asarray(offsets)))
+    for r, off in enumerate(offsets):
+        np.testing.assert_array_equal(got[r], _aligned_allowed(L, block, int(off)), err_msg=f"offset {off}")
+    np.testing.assert_array_equal(got[0], _block_diff_allowed(L, block))  # offset 0 is the old mask
+    build(jnp.asarray(offsets[::-1].copy()))
+    assert build._cache_size() == 1  # other offsets, no recompile
+
+
+def test_block_offsets_is_the_first_supervised_position():
+    from nemodiff_jax.train.objective import block_offsets
+
+    mask = np.array([[0, 0, 1, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [0, 0, 0, 0, 1]], bool)
+    expected = [next((j for j, v in enumerate(row) if v), 0) for row in mask]
+    assert np.asarray(block_offsets(jnp.asarray(mask))).tolist() == expected
+
+
+def test_aligned_loss_matches_float64_numpy():
+    from nemodiff_jax.model import masks
+    from nemodiff_jax.model.forward import forward
+    from nemodiff_jax.train.objective import block_offsets
+
+    params = jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, init_params(CFG, 5))
+    p64 = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+    L = 8
+    ids = np.array([[1, 9, 10, 11, 12, 13, 2, 0], [1, 20, 21, 22, 23, 24, 25, 2]], np.int32)
+    loss_mask = np.array([[0, 0, 0, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1, 1, 1]], np.int32)
+    masked = np.array([[0, 0, 0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 0, 1, 1, 1]], bool)
+    tokens, pos = doubled_inputs(jnp.asarray(ids), jnp.asarray(masked), CFG.mask_token_id)
+    off = block_offsets(jnp.asarray(loss_mask, bool))
+    logits, _ = forward(params, CFG, tokens, pos, masks.block_diff(L, 4, 2, offset=off), None, jnp.float32(0.0))
+    for b, start in enumerate([3, 2]):
+        x_t = np.where(masked[b], CFG.mask_token_id, ids[b])
+        lg = _np_forward(p64, np.concatenate([x_t, ids[b]]), np.concatenate([np.arange(L), np.arange(L)]).astype(np.float64),
+                         _aligned_allowed(L, 4, start))
+        np.testing.assert_allclose(np.asarray(logits[b]), lg, rtol=2e-4, atol=2e-4)
