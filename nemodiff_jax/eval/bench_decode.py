@@ -327,18 +327,7 @@ def run_decode_bench(
 
 def write_json_atomic(path, obj) -> Path:
     """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return _write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def format_table(result: dict) -> str:

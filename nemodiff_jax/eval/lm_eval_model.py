@@ -57,6 +57,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry, register_model
 
 from .. import guard
+from .runner import _acceptance  # mean acceptance length of one row, as nemodiff eval reports it
 from ..decode.generate import MODES, generate
 from ..model import masks, sharding
 from ..model.forward import Model, forward
@@ -121,15 +122,6 @@ class _Tally:
             acceptance_length=float(np.mean(self.acceptance)) if self.acceptance else None,
             tokens_per_s=self.tokens / self.wall_time if self.wall_time > 0 else None, wall_time=self.wall_time,
         )
-
-
-def _acceptance(stats: dict, row: int) -> float | None:
-    acc = stats.get("acceptance_lengths")
-    if acc is None:
-        return None
-    a = np.asarray(acc[row])
-    a = a[a > 0]
-    return float(a.mean()) if a.size else None
 
 
 def _task_tokenizer(cfg):
