@@ -48,6 +48,7 @@ def positions_from(start: Int[Array, "B"], width: int) -> Int[Array, "B Q"]:
 
 
 PREFILL_CHUNK = 512
+HALF_MIN = 32  # prompts up to this width always run as one window
 # Budget of one chunk's float32 attention scores [B, Hq, chunk, T] (XLA keeps about three such
 # buffers alive: scores, their exponentials, the probabilities).
 PREFILL_SCORE_BYTES = 2**29
@@ -90,13 +91,16 @@ def prefill(
 
     Runs in chunks of ``chunk`` tokens (static; None = :func:`auto_chunk`: up to
     :data:`PREFILL_CHUNK`, smaller where a chunk's attention scores would pass
-    :data:`PREFILL_SCORE_BYTES`); the cache gets every prompt slot's K/V and the length
+    :data:`PREFILL_SCORE_BYTES`; and at most half the padded width), only as many chunks as the
+    longest row needs; the cache gets the K/V of every slot those chunks cover and the length
     ``prompt_len``. Only the rows' last hidden states see the norm and the head.
     """
     b, p = prompt.shape
     if chunk is None:
         chunk = auto_chunk(cfg, b, cache.k.shape[3])
-    c, n = chunk_starts(p, chunk)
+    # At most half the padded width per chunk (not below HALF_MIN): rows shorter than half their
+    # bucket (a slot refill pads to the queue's widest prompt) skip the chunks past their end.
+    c, n = chunk_starts(p, min(chunk, max(HALF_MIN, p // 2)))
     last = jnp.asarray(prompt_len, jnp.int32) - 1
 
     def run_chunk(start, cache):
@@ -118,7 +122,10 @@ def prefill(
             return jnp.where(mine[:, None], h, h_keep), cache
 
         h0 = jnp.zeros((b, cfg.hidden_size), jnp.dtype(cfg.dtype))
-        h, cache = jax.lax.fori_loop(0, n, body, (h0, cache))
+        # Only the chunks that hold some row's prompt run (a traced trip count): the slots past
+        # them keep whatever they held, invisible behind each row's cache length.
+        needed = jnp.minimum(n, (jnp.max(last) + c) // c).astype(jnp.int32)
+        h, cache = jax.lax.fori_loop(0, needed, body, (h0, cache))
     return final_logits(params, cfg, h), cache.with_length(prompt_len)
 
 

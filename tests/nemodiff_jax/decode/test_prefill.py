@@ -83,6 +83,21 @@ def test_chunked_prefill_prompt_not_a_chunk_multiple():
         np.testing.assert_allclose(cache.v[:, :, :, :45], ref_cache.v[:, :, :, :45], rtol=1e-5, atol=1e-5)
 
 
+def test_short_rows_in_a_wide_bucket_skip_the_chunks_past_them():
+    """A slot refill pads its one prompt to the queue's width: only the chunks it needs run."""
+    m = tiny_model(1)
+    cfg = m.config
+    (row,) = prompts((20,), seed=4)
+    prompt, plen = padded([row], width=WIDTH)  # 20 tokens in a 64-wide bucket: chunks of 32
+    fresh = KVCache.init(cfg, 1, CACHE)
+    ref_last, ref_cache = one_shot(m.params, cfg, *padded([row], width=20), KVCache.init(cfg, 1, CACHE))
+    last, cache = chunked(m.params, cfg, prompt, plen, fresh, chunk=512)
+    np.testing.assert_allclose(last, ref_last, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(cache.k[:, :, :, :20], ref_cache.k[:, :, :, :20], rtol=1e-5, atol=1e-5)
+    assert np.any(np.asarray(cache.k[:, :, :, 20:32]))  # the first chunk's padding slots: written
+    assert not np.any(np.asarray(cache.k[:, :, :, 32:]))  # the second chunk never ran
+
+
 def test_forward_logits_at_equals_gathered_full_logits():
     m = tiny_model()
     cfg = m.config
