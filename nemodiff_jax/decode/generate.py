@@ -142,6 +142,19 @@ def _per_row(name: str, value, n: int) -> list:
     return [value] * n
 
 
+def check_sampling(rows: dict) -> None:
+    """The per-row sampling knobs (``rows["temperature"|"top_k"|"top_p"]``, lists), one error each."""
+    for temperature in rows["temperature"]:
+        if _not_number(temperature) or not 0 <= float(temperature) < float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    for top_k in rows["top_k"]:
+        if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    for top_p in rows["top_p"]:
+        if _not_number(top_p) or not 0.0 < float(top_p) <= 1.0:
+            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+
+
 def _check_knobs(cfg, mode, max_new_tokens, block_length, policy, max_thinking_tokens, end_think_token_id, rows):
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -158,17 +171,10 @@ def _check_knobs(cfg, mode, max_new_tokens, block_length, policy, max_thinking_t
     for threshold in rows["threshold"]:
         if threshold is not None and (_not_number(threshold) or not 0.0 <= float(threshold) <= 1.0):
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    check_sampling(rows)
     for temperature in rows["temperature"]:
-        if _not_number(temperature) or not 0 <= float(temperature) < float("inf"):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if mode == "quadratic_spec" and float(temperature) != 0:
             raise ValueError(f"temperature must be 0 in quadratic_spec mode (it is greedy), got {temperature}")
-    for top_k in rows["top_k"]:
-        if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-    for top_p in rows["top_p"]:
-        if _not_number(top_p) or not 0.0 < float(top_p) <= 1.0:
-            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     if mode == "diffusion":
         unmask.get(policy)
     if max_thinking_tokens is not None:

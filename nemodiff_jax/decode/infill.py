@@ -179,7 +179,7 @@ def rows_of(x, n: int | None, what: str) -> list:
 
 def knobs_for(n: int, *, threshold, temperature, top_k, top_p, gamma, lora: float) -> Knobs:
     """Validated per-row knobs (scalars or one per row)."""
-    from .generate import _not_number, _per_row
+    from .generate import _not_number, _per_row, check_sampling
 
     per = {k: _per_row(k, v, n) for k, v in
            dict(threshold=threshold, temperature=temperature, top_k=top_k, top_p=top_p, gamma=gamma).items()}
@@ -188,15 +188,7 @@ def knobs_for(n: int, *, threshold, temperature, top_k, top_p, gamma, lora: floa
             raise ValueError(f"threshold must lie in [0, 1] or be None, got {t!r}")
     if len({t is None for t in per["threshold"]}) > 1:
         raise ValueError("threshold: None (the quota schedule) cannot be mixed with per-row values")
-    for t in per["temperature"]:
-        if _not_number(t) or not 0 <= float(t) < float("inf"):
-            raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
-    for k in per["top_k"]:
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {k!r}")
-    for p in per["top_p"]:
-        if _not_number(p) or not 0.0 < float(p) <= 1.0:
-            raise ValueError(f"top_p must lie in (0, 1], got {p!r}")
+    check_sampling(per)
     for g in per["gamma"]:
         if _not_number(g) or not np.isfinite(g):
             raise ValueError(f"gamma must be a finite number, got {g!r}")
