@@ -40,10 +40,22 @@ class ObjectiveConfig:
     # Count training blocks from each row's first supervised token (the answer's start), as
     # inference does from the prompt's end; False counts them from position 0.
     align_blocks: bool = False
+    # Diffusion targets past the answer: positions after <eos> up to the end of the answer's
+    # last (aligned) block hold <eos> and are masked and scored by the diffusion loss only.
+    # Decoding denoises a whole block of masks and cuts at the first <eos>; without this the
+    # noisy block saw clean <pad> there, which tells the model where the answer ends.
+    eos_fill: bool = False
+    # Share of rows whose corruption is one contiguous span of 4..8 answer tokens (never the
+    # first), everything else clean: the infilling case, drawn on purpose.
+    span_fraction: float = 0.0
 
     def __post_init__(self):
         if self.corruption not in ("uniform", "blockwise"):
             raise ValueError(f"corruption must be 'uniform' or 'blockwise', got {self.corruption!r}")
+        if self.eos_fill and not self.align_blocks:
+            raise ValueError("eos_fill needs align_blocks (the fill runs to the end of the answer's aligned block)")
+        if not 0.0 <= self.span_fraction <= 1.0:
+            raise ValueError(f"span_fraction must be in [0, 1], got {self.span_fraction}")
 
 
 def corrupt_uniform(
@@ -94,10 +106,43 @@ def corrupt_blockwise(
     return masked.reshape(b, length), p.reshape(b, length)
 
 
+def corrupt_span(
+    key: PRNGKeyArray, answer: Bool[Array, "B L"], lo: int = 4, hi: int = 8
+) -> Bool[Array, "B L"]:
+    """One contiguous span of ``lo..hi`` answer tokens per row, never the answer's first token
+    (shorter when the answer is); rows with fewer than two answer tokens get none."""
+    kl, ks = jax.random.split(key)
+    b, length = answer.shape
+    n = jnp.sum(answer, axis=1)
+    first = jnp.argmax(answer, axis=1)
+    span = jnp.minimum(jax.random.randint(kl, (b,), lo, hi + 1), n - 1)
+    room = jnp.maximum(n - span, 1)  # start offsets 1 .. n - span inside the answer
+    start = first + 1 + jnp.floor(jax.random.uniform(ks, (b,)) * room).astype(jnp.int32)
+    start = jnp.minimum(start, first + n - span)
+    pos = jnp.arange(length)[None, :]
+    return (pos >= start[:, None]) & (pos < (start + span)[:, None]) & answer & (span > 0)[:, None]
+
+
 def corrupt(key, eligible, obj: ObjectiveConfig):
     if obj.corruption == "blockwise":
         return corrupt_blockwise(key, eligible, obj.block_size, obj.eps, obj.half_life_ratio)
     return corrupt_uniform(key, eligible, obj.eps)
+
+
+def fill_after_eos(
+    ids: Int[Array, "B L"], eligible: Bool[Array, "B L"], block: int, eos_id: int
+) -> tuple[Int[Array, "B L"], Bool[Array, "B L"]]:
+    """``(ids, fill)``: positions from the answer's end to the end of its last block, counted
+    from the answer's start, set to ``eos_id``; ``fill`` marks them. Rows with no supervised
+    token, or supervised to the row's end (corpus windows), are unchanged."""
+    length = ids.shape[1]
+    pos = jnp.arange(length)[None, :]
+    start = block_offsets(eligible)[:, None]
+    n = jnp.sum(eligible, axis=1, keepdims=True)
+    end = start + n
+    block_end = start + -(-n // block) * block
+    fill = (pos >= end) & (pos < block_end) & (n > 0)
+    return jnp.where(fill, eos_id, ids), fill
 
 
 def doubled_inputs(
@@ -167,7 +212,19 @@ def joint_loss(
         # pallas_kernels/block_attention.py plans its block_diff tiles with blocks from position 0.
         raise ValueError("align_blocks needs attention_impl='xla' (the Pallas tile plan assumes block offset 0)")
     eligible = loss_mask.astype(bool)
-    masked, p_mask = corrupt(key, eligible, obj)
+    diff_eligible = eligible
+    if obj.eos_fill:
+        ids, fill = fill_after_eos(ids, eligible, obj.block_size, cfg.eos_token_id)
+        diff_eligible = eligible | fill
+    kc = key
+    if obj.span_fraction > 0:
+        kc, ks, kr = jax.random.split(key, 3)
+    masked, p_mask = corrupt(kc, diff_eligible, obj)
+    if obj.span_fraction > 0:
+        # A span row's masked tokens are not a uniform draw: weight them 1 (p_mask = 1).
+        span_row = jax.random.uniform(kr, (b, 1)) < obj.span_fraction
+        masked = jnp.where(span_row, corrupt_span(ks, eligible), masked)
+        p_mask = jnp.where(span_row, 1.0, p_mask)
     tokens, positions = doubled_inputs(ids, masked, cfg.mask_token_id)
     policy = masks.block_diff(length, obj.block_size, b, offset=block_offsets(eligible) if obj.align_blocks else 0)
     logits, _ = forward(params, cfg, tokens, positions, policy, None, jnp.float32(0.0))

@@ -258,3 +258,88 @@ def test_aligned_loss_matches_float64_numpy():
         lg = _np_forward(p64, np.concatenate([x_t, ids[b]]), np.concatenate([np.arange(L), np.arange(L)]).astype(np.float64),
                          _aligned_allowed(L, 4, start))
         np.testing.assert_allclose(np.asarray(logits[b]), lg, rtol=2e-4, atol=2e-4)
+
+
+# ---- <eos> fill past the answer and span corruption (issue 15, model v3) ---------------------
+
+def _fill_by_hand(ids, loss_mask, block, eos):
+    """Positions after the answer up to the end of its last aligned block -> eos, by loops."""
+    out, fill = ids.copy(), np.zeros(ids.shape, bool)
+    for r in range(ids.shape[0]):
+        sup = [j for j in range(ids.shape[1]) if loss_mask[r, j]]
+        if not sup:
+            continue
+        start, end = sup[0], sup[-1] + 1
+        block_end = start
+        while block_end < end:
+            block_end += block
+        for j in range(end, min(block_end, ids.shape[1])):
+            out[r, j], fill[r, j] = eos, True
+    return out, fill
+
+
+def test_fill_after_eos_matches_loop():
+    from nemodiff_jax.train.objective import fill_after_eos
+
+    rng = np.random.default_rng(3)
+    L, block = 20, 4
+    ids = rng.integers(8, 32, (40, L)).astype(np.int32)
+    loss_mask = np.zeros((40, L), np.int32)
+    for r in range(40):
+        s = int(rng.integers(0, L))
+        e = int(rng.integers(s, L + 1))
+        loss_mask[r, s:e] = 1
+    loss_mask[0] = 0  # no answer
+    loss_mask[1] = 1  # a corpus window
+    got_ids, got_fill = fill_after_eos(jnp.asarray(ids), jnp.asarray(loss_mask, bool), block, 2)
+    want_ids, want_fill = _fill_by_hand(ids, loss_mask, block, 2)
+    np.testing.assert_array_equal(np.asarray(got_ids), want_ids)
+    np.testing.assert_array_equal(np.asarray(got_fill), want_fill)
+    assert want_fill.any() and not want_fill[:2].any()
+
+
+def test_corrupt_span_is_one_run_inside_the_answer():
+    from nemodiff_jax.train.objective import corrupt_span
+
+    rng = np.random.default_rng(4)
+    L, B = 30, 256
+    loss_mask = np.zeros((B, L), bool)
+    for r in range(B):
+        s = int(rng.integers(0, L - 1))
+        loss_mask[r, s:int(rng.integers(s + 1, L + 1))] = True
+    got = np.asarray(corrupt_span(jax.random.key(0), jnp.asarray(loss_mask)))
+    lengths = []
+    for r in range(B):
+        idx = np.flatnonzero(got[r])
+        n = int(loss_mask[r].sum())
+        if n < 2:
+            assert idx.size == 0
+            continue
+        assert 4 <= idx.size <= 8 or idx.size == n - 1 < 4  # 4..8 tokens, fewer only when the answer is short
+        assert (np.diff(idx) == 1).all()  # contiguous
+        assert loss_mask[r, idx].all() and idx[0] != np.flatnonzero(loss_mask[r])[0]  # never the first
+        lengths.append(idx.size)
+    assert set(lengths) >= {4, 5, 6, 7, 8}
+
+
+def test_eos_fill_scores_fill_by_diffusion_only():
+    """With eos_fill the fill positions (6..9: the answer's 8-token block) join the diffusion
+    targets, never the AR ones: the AR loss and count are the plain objective's."""
+    params = init_params(CFG, 0)
+    L = 12
+    ids = jnp.asarray([[1, 9, 10, 11, 12, 2, 0, 0, 0, 0, 0, 0]], jnp.int32)
+    loss_mask = jnp.asarray([[0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0]], jnp.int32)
+    plain = ObjectiveConfig(block_size=8, align_blocks=True)
+    filled = ObjectiveConfig(block_size=8, align_blocks=True, eos_fill=True)
+    more = 0
+    for seed in range(6):
+        key = jax.random.key(seed)
+        _, m0 = joint_loss(params, CFG, plain, ids, loss_mask, key)
+        _, m1 = joint_loss(params, CFG, filled, ids, loss_mask, key)
+        assert float(m1["ar_loss"]) == pytest.approx(float(m0["ar_loss"]), rel=1e-6)
+        assert float(m1["n_ar"]) == float(m0["n_ar"])
+        assert float(m1["n_masked"]) <= float(m0["n_masked"]) + 4  # the fill is positions 6..9 only
+        more += float(m1["n_masked"]) > float(m0["n_masked"])
+    assert more  # and some draws do mask it
+    with pytest.raises(ValueError, match="eos_fill needs align_blocks"):
+        ObjectiveConfig(eos_fill=True)
