@@ -18,18 +18,10 @@ import numpy as np
 
 
 def cases(tok, examples, bos: int, *, seed: int = 0, lo: int = 4, hi: int = 8, suffix: int = 16) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i, (prompt, answer, task) in enumerate(examples):
-        a = tok.encode(answer, add_special_tokens=False).ids
-        p = tok.encode(prompt, add_special_tokens=False).ids
-        k = int(rng.integers(lo, hi + 1))
-        if len(a) < k + 2:
-            continue
-        head = int(rng.integers(1, len(a) - k))  # >= 1 answer token before, >= 1 after
-        out.append(dict(index=i, task=task, prefix=[bos, *p, *a[:head]], span=a[head:head + k],
-                        suffix=a[head + k:head + k + suffix]))
-    return out
+    """The benchmark's rows: :func:`nemodiff_jax.data.infill_cases.infill_cases`."""
+    from ..data.infill_cases import infill_cases
+
+    return infill_cases(tok, examples, bos, seed=seed, lo=lo, hi=hi, suffix=suffix)
 
 
 def recovery(model, rows: list[dict], *, batch: int = 120, **knobs) -> dict:

@@ -7,6 +7,11 @@ generated ids, cut after the first ``<eos>``, equal the reference answer's ids (
 i.e. ``tasks.exact_match``. TPF = generated tokens / forward passes, summed over prompts, with
 the NFE conventions of :mod:`nemodiff_jax.decode.generate`. Speculative rows also report whether
 the output is identical to AR's and the mean acceptance length per cycle.
+
+``infill`` (and ``infill+lora``) score :func:`nemodiff_jax.infill` on spans of 4-8 answer tokens cut
+out of the same held-out answers (:mod:`nemodiff_jax.data.infill_cases`: prefix ``<bos>`` + prompt
++ the answer's head, suffix up to 16 answer tokens), one token committed per forward by
+confidence; accuracy is exact recovery of the whole span, TPF span tokens per forward.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ DEFAULT_SETTINGS = {
     "linear_spec": {"block_length": 32, "lora": False},
     "linear_spec+lora": {"block_length": 32, "lora": True},
     "quadratic_spec": {"block_length": 16},
+    "infill": {"lora": False},
+    "infill+lora": {"lora": True},
 }
 
 
@@ -53,9 +60,15 @@ def evaluate(model, examples, modes, max_new_tokens: int = 64, batch: int = 40, 
     names = [t for _, _, t in examples]
     results, ar_out = {}, None
     for mode in modes:
+        if mode not in table:
+            raise ValueError(f"unknown mode {mode!r}; known: {', '.join(table)}")
         kw = dict(table[mode])
         base_mode = mode.split("+")[0]
         if kw.get("lora") and not model.has_lora:
+            continue
+        if base_mode == "infill":
+            results[mode] = _infill(model, tok, examples, batch=batch, **kw)
+            log(f"{mode}: exact {results[mode]['accuracy']:.3f} over {results[mode]['tokens']} span tokens")
             continue
         outs, nfe, accept = [], [], []
         t0 = time.time()
@@ -90,6 +103,26 @@ def evaluate(model, examples, modes, max_new_tokens: int = 64, batch: int = 40, 
         results[mode] = res
         log(f"{mode}: acc {res['accuracy']:.3f} tpf {res['tpf']:.2f} ({secs:.0f}s)")
     return results
+
+
+def _infill(model, tok, examples, *, batch: int, **kw) -> dict:
+    from nemodiff_jax.data.infill_cases import infill_cases
+    from nemodiff_jax.decode.infill import infill
+
+    rows = infill_cases(tok, examples, model.config.bos_token_id)
+    ok, nfe, per_task, t0 = [], 0, defaultdict(list), time.time()
+    for i in range(0, len(rows), batch):
+        chunk = rows[i:i + batch]
+        r = infill(model, [c["prefix"] for c in chunk], [c["suffix"] for c in chunk],
+                   length=[len(c["span"]) for c in chunk], **kw)
+        nfe += int(sum(r.nfe))
+        for c, t in zip(chunk, r.tokens):
+            ok.append(t == c["span"])
+            per_task[c["task"]].append(ok[-1])
+    span_tokens = sum(len(c["span"]) for c in rows)
+    return {"accuracy": float(np.mean(ok)), "tpf": span_tokens / max(nfe, 1), "nfe": nfe, "tokens": span_tokens,
+            "per_task": {n: float(np.mean(v)) for n, v in sorted(per_task.items())}, "seconds": time.time() - t0,
+            "settings": kw, "cases": len(rows)}
 
 
 def _hf_tokenizer(model):
@@ -144,7 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--n", type=int, default=120, help="held-out examples (round-robin over tasks)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--modes", default="ar,diffusion,diffusion+lora,linear_spec,linear_spec+lora,quadratic_spec")
+    ap.add_argument("--modes", default="ar,diffusion,diffusion+lora,linear_spec,linear_spec+lora,quadratic_spec,infill")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=40)
     ap.add_argument("--json", help="also write the results here")
