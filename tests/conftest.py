@@ -14,3 +14,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 from jaxtyping import install_import_hook  # noqa: E402
 
 _hook = install_import_hook(["nemodiff_jax", "pallas_kernels", "convert_weights"], "beartype.beartype")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, at most 4 (each worker imports JAX and compiles its own
+    programs; more than that buys little and multiplies memory)."""
+    return max(1, min(os.cpu_count() or 1, 4))
