@@ -16,12 +16,7 @@ import json
 
 import numpy as np
 
-
-def cases(tok, examples, bos: int, *, seed: int = 0, lo: int = 4, hi: int = 8, suffix: int = 16) -> list[dict]:
-    """The benchmark's rows: :func:`nemodiff_jax.data.infill_cases.infill_cases`."""
-    from ..data.infill_cases import infill_cases
-
-    return infill_cases(tok, examples, bos, seed=seed, lo=lo, hi=hi, suffix=suffix)
+from ..data.infill_cases import infill_cases as cases  # the benchmark's rows
 
 
 def recovery(model, rows: list[dict], *, batch: int = 120, **knobs) -> dict:
