@@ -48,6 +48,10 @@ class ObjectiveConfig:
     # Share of rows whose corruption is one contiguous span of 4..8 answer tokens (never the
     # first), everything else clean: the infilling case, drawn on purpose.
     span_fraction: float = 0.0
+    # Span rows start their own block at the span (the other rows keep the answer-aligned
+    # offset). That is the infill decode's view: the prefix (prompt and the answer's head) is
+    # causal context, the masks and what follows them one bidirectional window.
+    span_align: bool = False
 
     def __post_init__(self):
         if self.corruption not in ("uniform", "blockwise"):
@@ -56,6 +60,8 @@ class ObjectiveConfig:
             raise ValueError("eos_fill needs align_blocks (the fill runs to the end of the answer's aligned block)")
         if not 0.0 <= self.span_fraction <= 1.0:
             raise ValueError(f"span_fraction must be in [0, 1], got {self.span_fraction}")
+        if self.span_align and not (self.align_blocks and self.span_fraction > 0):
+            raise ValueError("span_align needs align_blocks and span_fraction > 0 (it moves span rows' block offset)")
 
 
 def corrupt_uniform(
@@ -198,6 +204,32 @@ def block_offsets(eligible: Bool[Array, "B L"]) -> Int[Array, "B"]:
     return jnp.where(jnp.any(eligible, axis=1), jnp.argmax(eligible, axis=1), 0).astype(jnp.int32)
 
 
+def corruption(
+    key: PRNGKeyArray, eligible: Bool[Array, "B L"], diff_eligible: Bool[Array, "B L"], obj: ObjectiveConfig
+) -> tuple[Bool[Array, "B L"], Float[Array, "B L"], Int[Array, "B"] | int]:
+    """``(masked, p_mask, offset)``: which positions are masked, their masking probability (the
+    loss weights them ``1 / p_mask``) and each row's block offset for the training mask.
+
+    A ``span_fraction`` share of rows is one span (:func:`corrupt_span`, weight 1); with
+    ``span_align`` those rows' blocks start at the span."""
+    b = eligible.shape[0]
+    kc = key
+    if obj.span_fraction > 0:
+        kc, ks, kr = jax.random.split(key, 3)
+    masked, p_mask = corrupt(kc, diff_eligible, obj)
+    offset = block_offsets(eligible) if obj.align_blocks else 0
+    if obj.span_fraction > 0:
+        # A span row's masked tokens are not a uniform draw: weight them 1 (p_mask = 1).
+        span_row = jax.random.uniform(kr, (b, 1)) < obj.span_fraction
+        span = corrupt_span(ks, eligible)
+        masked = jnp.where(span_row, span, masked)
+        p_mask = jnp.where(span_row, 1.0, p_mask)
+        if obj.span_align:
+            has_span = span_row[:, 0] & jnp.any(span, axis=1)
+            offset = jnp.where(has_span, jnp.argmax(span, axis=1).astype(jnp.int32), offset)
+    return masked, p_mask, offset
+
+
 def joint_loss(
     params,
     cfg: NLDConfig,
@@ -216,16 +248,8 @@ def joint_loss(
     if obj.eos_fill:
         ids, fill = fill_after_eos(ids, eligible, obj.block_size, cfg.eos_token_id)
         diff_eligible = eligible | fill
-    kc = key
-    if obj.span_fraction > 0:
-        kc, ks, kr = jax.random.split(key, 3)
-    masked, p_mask = corrupt(kc, diff_eligible, obj)
-    if obj.span_fraction > 0:
-        # A span row's masked tokens are not a uniform draw: weight them 1 (p_mask = 1).
-        span_row = jax.random.uniform(kr, (b, 1)) < obj.span_fraction
-        masked = jnp.where(span_row, corrupt_span(ks, eligible), masked)
-        p_mask = jnp.where(span_row, 1.0, p_mask)
+    masked, p_mask, offset = corruption(key, eligible, diff_eligible, obj)
     tokens, positions = doubled_inputs(ids, masked, cfg.mask_token_id)
-    policy = masks.block_diff(length, obj.block_size, b, offset=block_offsets(eligible) if obj.align_blocks else 0)
+    policy = masks.block_diff(length, obj.block_size, b, offset=offset)
     logits, _ = forward(params, cfg, tokens, positions, policy, None, jnp.float32(0.0))
     return loss_from_logits(logits, ids, eligible, masked, p_mask, obj)

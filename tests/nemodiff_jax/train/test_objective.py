@@ -343,3 +343,51 @@ def test_eos_fill_scores_fill_by_diffusion_only():
     assert more  # and some draws do mask it
     with pytest.raises(ValueError, match="eos_fill needs align_blocks"):
         ObjectiveConfig(eos_fill=True)
+
+
+def test_span_align_starts_span_rows_block_at_the_span():
+    """span_align: every span row's block offset is its first masked position (the infill
+    decode's window start); the loss is the float64 numpy forward under that mask."""
+    from nemodiff_jax.train.objective import corruption
+
+    L, block = 16, 4
+    ids = np.array([[1, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 2, 0, 0, 0],
+                    [1, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 20, 21, 2]], np.int32)
+    loss_mask = np.array([[0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+                          [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]], np.int32)
+    elig = jnp.asarray(loss_mask, bool)
+    aligned = ObjectiveConfig(block_size=block, align_blocks=True, span_fraction=1.0, span_align=True)
+    plain = ObjectiveConfig(block_size=block, align_blocks=True, span_fraction=1.0)
+    starts = set()
+    for seed in range(8):
+        key = jax.random.key(seed)
+        masked, _, off = corruption(key, elig, elig, aligned)
+        masked2, _, off2 = corruption(key, elig, elig, plain)
+        np.testing.assert_array_equal(np.asarray(masked), np.asarray(masked2))  # same draw, only the offset moves
+        for r in range(2):
+            first_masked = int(np.flatnonzero(np.asarray(masked[r]))[0])
+            assert int(off[r]) == first_masked
+            assert int(off2[r]) == int(np.flatnonzero(loss_mask[r])[0])
+            starts.add(first_masked % block)
+    assert len(starts) > 1  # offsets that are not the answer-aligned ones
+
+    params = jax.tree.map(lambda x: x * 4.0 if x.ndim > 1 else x, init_params(CFG, 6))
+    p64 = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+    key = jax.random.key(3)
+    loss, _ = joint_loss(params, CFG, aligned, jnp.asarray(ids), jnp.asarray(loss_mask), key)
+    masked = np.asarray(corruption(key, elig, elig, aligned)[0])
+    diff_sum = ar_sum = 0.0
+    n_masked = n_ar = 0
+    for b in range(2):
+        start = int(np.flatnonzero(masked[b])[0])
+        x_t = np.where(masked[b], CFG.mask_token_id, ids[b])
+        lg = _np_forward(p64, np.concatenate([x_t, ids[b]]), np.concatenate([np.arange(L), np.arange(L)]).astype(np.float64),
+                         _aligned_allowed(L, block, start))
+        diff_sum += float(np.sum(_np_ce(lg[:L], ids[b])[masked[b]]))  # span rows: p_mask = 1
+        n_masked += int(masked[b].sum())
+        tgt = loss_mask[b, 1:] > 0
+        ar_sum += float(np.sum(_np_ce(lg[L:-1], ids[b, 1:])[tgt]))
+        n_ar += int(tgt.sum())
+    np.testing.assert_allclose(float(loss), (ar_sum + 0.3 * diff_sum) / (n_masked + n_ar), rtol=2e-5)
+    with pytest.raises(ValueError, match="span_align needs"):
+        ObjectiveConfig(align_blocks=True, span_align=True)
