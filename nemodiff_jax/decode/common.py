@@ -77,6 +77,16 @@ def chunk_starts(width: int, chunk: int) -> tuple[int, int]:
     return c, -(-width // c)
 
 
+def prefill_chunk(cfg: NLDConfig, batch: int, width: int, cache_len: int, chunk: int | None = None) -> int:
+    """The prefill's static chunk length for a ``width``-token prompt: ``chunk`` (None =
+    :func:`auto_chunk`), at most half the padded width (not below :data:`HALF_MIN`) so that rows
+    shorter than half their bucket (a slot refill pads to the queue's widest prompt) skip the
+    chunks past their end, and at most ``width``."""
+    if chunk is None:
+        chunk = auto_chunk(cfg, batch, cache_len)
+    return min(chunk, max(HALF_MIN, width // 2), width)
+
+
 def prefill(
     params,
     cfg: NLDConfig,
@@ -96,11 +106,7 @@ def prefill(
     ``prompt_len``. Only the rows' last hidden states see the norm and the head.
     """
     b, p = prompt.shape
-    if chunk is None:
-        chunk = auto_chunk(cfg, b, cache.k.shape[3])
-    # At most half the padded width per chunk (not below HALF_MIN): rows shorter than half their
-    # bucket (a slot refill pads to the queue's widest prompt) skip the chunks past their end.
-    c, n = chunk_starts(p, min(chunk, max(HALF_MIN, p // 2)))
+    c, n = chunk_starts(p, prefill_chunk(cfg, b, p, cache.k.shape[3], chunk))
     last = jnp.asarray(prompt_len, jnp.int32) - 1
 
     def run_chunk(start, cache):
@@ -154,6 +160,47 @@ def prefill_with_window(
     pl = cache.length
     logits, cache = forward(params, cfg, window, positions_from(pl, w), masks.bidirectional(pl, w, b), cache, lora)
     return last, logits, cache.with_length(prompt_len)
+
+
+def prefill_with_masks(
+    params,
+    cfg: NLDConfig,
+    prompt: Int[Array, "B P"],
+    prompt_len: Int[Array, "B"],
+    cache: KVCache,
+    num_masks: int,
+    *,
+    lora,
+) -> tuple[Float[Array, "B K V"], KVCache]:
+    """The prefill and a first bidirectional pass over ``num_masks`` masks after each prompt, in
+    one forward where the prompt fits one prefill chunk (linear speculation's first draft).
+
+    Each row's last ``t = min(len, chunk)`` prompt tokens and its masks form one window under
+    ``masks.mixed``: the prompt tokens are causal (they never see the masks, so their K/V are the
+    plain prefill's) and the masks see the whole prefix and each other. The earlier prompt
+    tokens, if any, go through :func:`prefill` first (no chunk runs for prompts that fit).
+    ``lora`` (``[B]``) switches the draft LoRA on for the masks only: prompt tokens always get
+    the base model. Returns ``[B, 1 + num_masks, V]`` logits, at the last prompt position and at
+    each mask, and the cache with the length ``prompt_len`` (the masks' K/V lie past it). Writes
+    cache slots up to ``max(P, len + chunk) + num_masks``.
+    """
+    b, p = prompt.shape
+    tail = prefill_chunk(cfg, b, p, cache.k.shape[3])
+    prompt_len = jnp.asarray(prompt_len, jnp.int32)
+    t = jnp.minimum(prompt_len, tail)
+    head = prompt_len - t
+    if p > tail:  # static: shorter prompts are all tail
+        _, cache = prefill(params, cfg, prompt, head, cache)
+    w = tail + num_masks
+    col = jnp.arange(w, dtype=jnp.int32)[None, :]
+    src = jnp.take_along_axis(prompt, jnp.clip(head[:, None] + col, 0, p - 1), axis=1)
+    in_prompt, in_masks = col < t[:, None], col < (t + num_masks)[:, None]
+    tokens = jnp.where(in_prompt, src, jnp.where(in_masks, cfg.mask_token_id, cfg.pad_token_id))
+    scale = jnp.where(in_prompt, 0.0, jnp.asarray(lora, jnp.float32)[:, None])
+    at = t[:, None] - 1 + jnp.arange(num_masks + 1, dtype=jnp.int32)[None, :]
+    logits, cache = forward(params, cfg, tokens, positions_from(head, w), masks.mixed(head, t, t + num_masks, b),
+                            cache, scale, logits_at=at)
+    return logits, cache.with_length(prompt_len)
 
 
 def pad_prompts(prompts: list[list[int]], pad_id: int, bucket: int = 16) -> tuple[jax.Array, jax.Array]:

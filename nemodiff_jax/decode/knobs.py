@@ -58,7 +58,8 @@ class LoopSpec:
 def cache_needed(mode: str, width: int, out_len: int, bl: int) -> int:
     """KV slots a mode writes into at most: the padded prompt, the output, the widest window past it."""
     if mode == "linear_spec":
-        return width + out_len + bl - 2  # the last cycle's block ends at P + N + B - 2
+        # The last cycle's block ends at P + N + B - 2; the first draft's masks at P + B.
+        return max(width + out_len + bl - 2, width + bl)
     if mode == "quadratic_spec":
         return width + out_len - 1 + bl * (bl + 1)  # a cycle at L0 <= P + N - 1 writes B(B+1) slots
     if mode == "diffusion":

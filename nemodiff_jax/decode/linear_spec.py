@@ -24,8 +24,13 @@ Acceptance (static ``acceptance``; both are the greedy rule at T = 0):
   confidence, so the true proposal law is not the recorded ``q``: the output is then only
   approximately AR-distributed ("match" stays exact for any draft).
 
-NFE (docs/ALGORITHMS.md, "Linear self-speculation"): the causal prefill counts 1; each draft pass and each verify pass counts 1.
+NFE (docs/ALGORITHMS.md, "Linear self-speculation"): the prefill counts 1 and carries the first
+cycle's first draft pass (:func:`start`); each later draft pass and each verify pass counts 1.
 ``threshold == 0`` gives 2 NFE per cycle; ``threshold > 0`` gives 1 verify + >= 1 draft passes.
+
+Deviation from HF in the first draft: it runs in the prefill's forward, before the seed is known, on
+``[M, M x (B-1)]`` instead of ``[seed, M x (B-1)]``. The verify pass decides every emitted token,
+so the output is unchanged; one forward per call is saved.
 
 Deviations from the HF ``linear_spec_generate`` (documented, deliberate):
 
@@ -60,14 +65,15 @@ from jaxtyping import Array, Float, Int
 from ..model import masks
 from . import sampling
 from ..model.forward import forward
-from .common import choose, positions_from, prefilled, row_probs, select_keys
-from .knobs import Knobs, LoopSpec
+from ..model.cache import KVCache
+from .common import choose, positions_from, prefill_with_masks, row_probs, select_keys
+from .knobs import Knobs, LoopSpec, cache_needed
 from .rows import Rows, commit, crop, finish, force_think, fresh, record_cycle, spec_stats, stop_nonfinite
 
 
 def linear_cache_len(prompt_width: int, out_len: int, block_length: int) -> int:
-    """Cache slots linear speculation needs: the last cycle's block ends at P + N + B - 2."""
-    return prompt_width + out_len + block_length - 2
+    """Cache slots linear speculation needs (:func:`~.knobs.cache_needed`)."""
+    return cache_needed("linear_spec", prompt_width, out_len, block_length)
 
 
 def gumbel(keys, shape) -> Float[Array, "..."]:
@@ -121,26 +127,64 @@ def _new_block(seed, bk: int, mask_id: int):
     return jnp.where(col == 0, seed[:, None], mask_id)
 
 
+def _draft_greedy(logits, block, drafting, kn: Knobs, mask_id: int):
+    """A greedy draft pass: the filled block and the argmaxes (the verifier's tokens on a verify pass)."""
+    tok = sampling.greedy(logits, mask_id)
+    conf = jax.lax.cond(jnp.any(drafting & (kn.threshold > 0)), sampling.confidence,
+                        lambda lg, t: jnp.zeros(t.shape, jnp.float32), logits, tok)
+    return jnp.where(_draft_commit(tok, conf, block, drafting, kn, mask_id), tok, block), tok
+
+
+def _draft_sampled(logits, block, drafting, kn: Knobs, noise_keys, q, mask_id: int):
+    """A sampled draft pass: the filled block, the draft distributions ``q`` with the committed
+    positions' distributions recorded, and this pass's distributions."""
+    dist = row_probs(logits, kn, mask_id)
+    tok = sample(dist, gumbel(noise_keys, dist.shape[1:]))
+    d_tok = jnp.take_along_axis(dist, tok[..., None], axis=-1)[..., 0]
+    conf = jnp.where(kn.temperature[:, None] > 0, d_tok, sampling.confidence(logits, tok))
+    commit_ = _draft_commit(tok, conf, block, drafting, kn, mask_id)
+    return jnp.where(commit_, tok, block), jnp.where(commit_[..., None], dist, q), dist
+
+
 def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -> Rows:
-    """Causal prefill with the LoRA off (NFE 1) and the first seed, which is emitted at once."""
-    b, bk, v = prompt.shape[0], spec.block_length, cfg.vocab_size
-    logits, cache = prefilled(params, cfg, prompt, prompt_len, spec.cache_len)
+    """The prefill and the first draft pass in ONE forward (NFE 1), the first seed emitted at once.
+
+    The prompt (causal, LoRA off: the AR model's K/V) and ``block_length`` masks after it
+    (bidirectional, LoRA per ``kn.lora``) share one window (:func:`~.common.prefill_with_masks`).
+    The seed is the AR token at the prompt's end; the masks after it were drafted without it,
+    which changes only the proposal of the first cycle (the verify pass decides what is emitted,
+    so the output is the AR output; with ``"speculative"`` acceptance the recorded ``q`` is that
+    proposal's, so sampling stays exact). One forward fewer per call than prefill + draft.
+    """
+    b, bk, v, m = prompt.shape[0], spec.block_length, cfg.vocab_size, cfg.mask_token_id
+    cache = KVCache.init(cfg, b, spec.cache_len, jnp.dtype(cfg.dtype))
+    logits, cache = prefill_with_masks(params, cfg, prompt, prompt_len, cache, bk, lora=kn.lora)
     key, sub = sampling.split_rows(keys)
-    seed = choose(logits, sub, kn, cfg.mask_token_id)
+    seed = choose(logits[:, 0], sub, kn, m)
     seed = jnp.where(kn.thinking & (kn.budget == 0), kn.end_think, seed)  # generated index 0
     key, cycle_key = sampling.split_rows(key)
+    block = _new_block(seed, bk, m)
+    r = stop_nonfinite(fresh(b, spec.out_len, cfg.pad_token_id, key, cache, {}, nfe=1), logits)
+    r, _ = commit(r, seed[:, None], jnp.ones((b,), jnp.int32), (kn.limit > 0) & ~r.done, kn, eos=cfg.eos_token_id, mark=r.nfe)
+    done = r.done | (kn.limit <= 0)
+    drafting = ~done & jnp.any(block == m, axis=1)
+    q0 = jnp.zeros((b, bk, v), jnp.float32)
+    block, q = jax.lax.cond(
+        kn.all_greedy,
+        lambda lg: (_draft_greedy(lg, block, drafting, kn, m)[0], q0),
+        lambda lg: _draft_sampled(lg, block, drafting, kn, sampling.fold_rows(cycle_key, 0), q0, m)[:2],
+        logits[:, 1:],
+    )
     extra = {
-        "block": _new_block(seed, bk, cfg.mask_token_id),
-        "verify": jnp.full((b,), bk == 1),
-        "q": jnp.zeros((b, bk, v), jnp.float32),
+        "block": block,
+        "verify": ~jnp.any(block == m, axis=1),
+        "q": q,
         "cycle_key": cycle_key,
-        "pass_i": jnp.zeros((b,), jnp.int32),
-        "draft_passes": jnp.zeros((b,), jnp.int32),
+        "pass_i": drafting.astype(jnp.int32),
+        "draft_passes": drafting.astype(jnp.int32),
         **spec_stats(b, spec.out_len, bk),
     }
-    r = stop_nonfinite(fresh(b, spec.out_len, cfg.pad_token_id, key, cache, extra, nfe=1), logits)
-    r, _ = commit(r, seed[:, None], jnp.ones((b,), jnp.int32), (kn.limit > 0) & ~r.done, kn, eos=cfg.eos_token_id, mark=r.nfe)
-    return r.replace(done=r.done | (kn.limit <= 0))
+    return r.replace(done=done, extra=extra)
 
 
 def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
@@ -158,22 +202,16 @@ def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
     drafting, verifying = live & ~verify, live & verify
 
     def greedy(logits):
-        tok = sampling.greedy(logits, m)
-        conf = jax.lax.cond(jnp.any(drafting & (kn.threshold > 0)), sampling.confidence,
-                            lambda lg, t: jnp.zeros(t.shape, jnp.float32), logits, tok)
+        filled, tok = _draft_greedy(logits, block, drafting, kn, m)
         n_acc = jnp.sum(jnp.cumprod((tok[:, :-1] == block[:, 1:]).astype(jnp.int32), axis=1), axis=1)
-        return jnp.where(_draft_commit(tok, conf, block, drafting, kn, m), tok, block), x["q"], tok, n_acc
+        return filled, x["q"], tok, n_acc
 
     def sampled(logits):
-        dist = row_probs(logits, kn, m)
-        tok = sample(dist, gumbel(sampling.fold_rows(x["cycle_key"], x["pass_i"]), dist.shape[1:]))
-        d_tok = jnp.take_along_axis(dist, tok[..., None], axis=-1)[..., 0]
-        conf = jnp.where(kn.temperature[:, None] > 0, d_tok, sampling.confidence(logits, tok))
-        commit_ = _draft_commit(tok, conf, block, drafting, kn, m)
-        q = jnp.where(commit_[..., None], dist, x["q"])
+        noise = sampling.fold_rows(x["cycle_key"], x["pass_i"])
+        filled, q, dist = _draft_sampled(logits, block, drafting, kn, noise, x["q"], m)
         rand = sampling.row_uniform(sampling.fold_rows(x["cycle_key"], bk + 1), (bk, cfg.vocab_size + 1))
         e, n_acc = _accept(dist, q, block, rand, spec.acceptance)
-        return jnp.where(commit_, tok, block), q, e, n_acc
+        return filled, q, e, n_acc
 
     filled, q, e, n_acc = jax.lax.cond(kn.all_greedy, greedy, sampled, logits)
     nfe = r.nfe + live.astype(jnp.int32)

@@ -79,6 +79,8 @@ class Attention(nn.Module):
             scale = jnp.asarray(lora, jnp.float32) * c.lora_scale
             if scale.ndim == 1:  # a per-row switch [B]: rows of one forward may differ
                 scale = scale[:, None, None]
+            elif scale.ndim == 2:  # per token [B, Q]: a prefill and a draft in one window
+                scale = scale[:, :, None]
             y = y + scale.astype(y.dtype) * delta
         return y, new_kv
 

@@ -13,7 +13,7 @@ import pytest
 from nemodiff_jax.model import masks
 from nemodiff_jax.model.forward import final_logits, forward, forward_hidden
 from nemodiff_jax.model.cache import KVCache
-from nemodiff_jax.decode.common import chunk_starts, positions_from, prefill, prefill_with_window
+from nemodiff_jax.decode.common import chunk_starts, positions_from, prefill, prefill_with_masks, prefill_with_window
 
 from .tiny import prompts, tiny_model
 
@@ -146,3 +146,44 @@ def test_prefill_with_window_equals_the_mixed_mask_forward():
         np.testing.assert_array_equal(cache.length, plen)
         for i, n in enumerate(LENGTHS):
             np.testing.assert_allclose(cache.k[:, i, :, :n], ref_cache.k[:, i, :, :n], rtol=1e-5, atol=1e-5)
+
+
+def with_lora(model):
+    """A non-zero draft LoRA (``lora_b`` starts at zero), so that where it is on shows."""
+    rng = np.random.default_rng(3)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.asarray(rng.normal(size=x.shape), x.dtype) if "lora_b" in jax.tree_util.keystr(path) else x,
+        model.params)
+    return model.replace(params=params)
+
+
+@pytest.mark.parametrize("lengths", [LENGTHS, (20, 3, 31)])
+def test_prefill_with_masks_equals_prefill_then_a_draft_pass(lengths):
+    """Linear speculation's fused start: per row, one forward over ``[prompt, M x B]`` without a
+    cache, the prompt causal with the LoRA off and the masks bidirectional with the row's LoRA.
+    LENGTHS has prompts longer than one window (their head goes through the chunked prefill);
+    the second case fits one window."""
+    m = with_lora(tiny_model(2, lora_rank=4))
+    cfg = m.config
+    rows = prompts(lengths, seed=6)
+    prompt, plen = padded(rows, width=64 if max(lengths) > 32 else 32)
+    b, bk = len(rows), 4
+    lora = jnp.asarray([1.0, 0.0, 1.0, 0.5][:b], jnp.float32)
+    logits, cache = jax.jit(prefill_with_masks, static_argnums=(1, 5))(
+        m.params, cfg, prompt, plen, KVCache.init(cfg, b, CACHE), bk, lora=lora)
+    assert logits.shape == (b, 1 + bk, cfg.vocab_size)
+    np.testing.assert_array_equal(cache.length, plen)
+    for i, row in enumerate(rows):
+        n, w = len(row), len(row) + bk
+        ids = jnp.asarray([list(row) + [cfg.mask_token_id] * bk], jnp.int32)
+        pos = jnp.arange(w, dtype=jnp.int32)[None]
+        gate = jnp.asarray((np.arange(w) >= n) * float(lora[i]), jnp.float32)[None, :, None]
+        policy = masks.mixed(jnp.zeros((1,), jnp.int32), jnp.asarray([n]), jnp.asarray([w]), 1)
+        ref, ref_cache = forward(m.params, cfg, ids, pos, policy, KVCache.init(cfg, 1, w), gate)
+        np.testing.assert_allclose(logits[i], ref[0, n - 1:], rtol=1e-5, atol=1e-4)
+        # The prompt's K/V are the AR model's (what the verify pass and later cycles attend to).
+        np.testing.assert_allclose(cache.k[:, i, :, :n], ref_cache.k[:, 0, :, :n], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(cache.v[:, i, :, :n], ref_cache.v[:, 0, :, :n], rtol=1e-5, atol=1e-5)
+        causal, _ = forward(m.params, cfg, ids[:, :n], pos[:, :n], masks.causal(jnp.zeros((1,), jnp.int32), n, 1),
+                            None, 0.0)
+        np.testing.assert_allclose(logits[i, 0], causal[0, -1], rtol=1e-5, atol=1e-4)
