@@ -209,7 +209,7 @@ def speed_of_light(res: dict, fwd: dict[int, float], block_length: int) -> dict 
     side = res.get("linear_spec+lora/1")
     if side is None or 1 not in fwd or block_length not in fwd:
         return None
-    cycles = (side["forwards"] - side["prompts"]) / 2
+    cycles = side["forwards"] / 2  # the first cycle's draft runs inside the prefill's forward
     if cycles <= 0:
         return None
     per_cycle = (side["tokens"] - side["prompts"]) / cycles

@@ -9,7 +9,8 @@ uses one head for every mode). Decoding is a plain Python loop at batch 1 over t
 
 * :func:`twin_ar`: greedy AR, one token per forward.
 * :func:`twin_linear_spec`: linear self-speculation at temperature 0 without the draft LoRA.
-  Causal prefill (the first token, NFE 1); then per cycle a draft forward over
+  The prefill and the first cycle's draft share one forward over ``[prompt, M x B]`` (the prompt
+  causal, the masks bidirectional; the first token, NFE 1), as our engine does; then per cycle a draft forward over
   ``[seed, M x (B-1)]`` (``seed`` = the last emitted token, not yet cached) that sees the cached
   prefix and the whole block (a custom 4D mask), whose K/V are dropped again (``crop`` back to
   ``L0``: the "peek"); a causal verify forward over the drafted block that writes its K/V;
@@ -20,8 +21,8 @@ uses one head for every mode). Decoding is a plain Python loop at batch 1 over t
 Each returns ``(tokens, forwards)``: the generated ids (cut after the first EOS, EOS kept, at
 most ``max_new_tokens``) and the number of model forwards. Counting follows our engine
 (:mod:`nemodiff_jax.decode.generate`): AR counts one forward per generated token (the prefill
-yields the first one; no forward after the last), linear speculation counts the prefill plus
-two per cycle.
+yields the first one; no forward after the last), linear speculation counts the prefill (with
+the first draft) plus one verify for the first cycle and two per later cycle.
 
 Two deliberate choices that match our engine rather than the released HF text:
 
@@ -189,11 +190,19 @@ def twin_linear_spec(
     m = _mask_id(model, mask_id)
     bk = int(block_length)
     x = _ids_tensor(ids)
+    p = x.shape[1]
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        logits = _forward(model, x, 0, cache, last_only=True)  # causal prefill: NFE 1
+        # The prefill and the first draft in one forward over [prompt, M x B]: the prompt causal,
+        # the masks seeing everything (a custom 4D mask). NFE 1.
+        fused = torch.ones((1, 1, p + bk, p + bk), dtype=torch.bool)
+        fused[0, 0, :p] = torch.ones((p, p + bk), dtype=torch.bool).tril()
+        masks = torch.full((1, bk), m, dtype=torch.long)
+        logits = _forward(model, torch.cat([x, masks], dim=1), 0, cache, mask=fused)[0]
         forwards = 1
-        seed = int(_argmax(logits[0, -1], m))
+        _crop_to(cache, p)  # the masks' K/V are not kept
+        seed = int(_argmax(logits[p - 1], m))
+        first_draft = _argmax(logits[p:], m)
         out = [seed]
         if seed == eos or len(out) >= max_new_tokens:
             return out, forwards
@@ -201,11 +210,14 @@ def twin_linear_spec(
             l0 = cache.get_seq_length()
             block = torch.full((1, bk), m, dtype=torch.long)
             block[0, 0] = seed
-            # Draft: every block query sees the cached prefix and the whole block.
-            peek = torch.ones((1, 1, bk, l0 + bk), dtype=torch.bool)
-            draft = _argmax(_forward(model, block, l0, cache, mask=peek)[0], m)
-            forwards += 1
-            _crop_to(cache, l0)  # the draft's K/V are not kept
+            if first_draft is not None:
+                draft, first_draft = first_draft, None
+            else:
+                # Draft: every block query sees the cached prefix and the whole block.
+                peek = torch.ones((1, 1, bk, l0 + bk), dtype=torch.bool)
+                draft = _argmax(_forward(model, block, l0, cache, mask=peek)[0], m)
+                forwards += 1
+                _crop_to(cache, l0)  # the draft's K/V are not kept
             block[0, 1:] = draft[1:]  # position j predicts position j (no shift)
             # Verify: causal over the drafted block, K/V written.
             ar = _argmax(_forward(model, block, l0, cache)[0], m)
