@@ -11,8 +11,9 @@ contributes three functions over the shared :class:`~.rows.Rows`:
 The engine owns the rest (gemma's ``SamplerLoop`` and levanter's generation loop are the
 models): the prompts wait in a device-side queue ``[Q, P]``; the first S take the slots with one
 batched start; after every round, rows that finished are harvested into ``[Q, ...]`` results
-(in input order) and, while prompts remain, a free slot takes the next one with a batch-1
-start written into that row of the state. Rows are independent, so every row gets the tokens
+(in input order) and, while prompts remain, free slots take the next ones: groups of
+``refill_batch`` in one batched start when that many slots are free at once, the rest with a
+batch-1 start, each written into its row of the state. Rows are independent, so every row gets the tokens
 it gets alone, and finished rows stop costing forwards as soon as a prompt waits.
 
 :func:`decode` runs it all in one jitted ``lax.while_loop`` (the default for batch work).
@@ -120,17 +121,34 @@ def _harvest(cfg, e: Engine, q: Queue, spec: LoopSpec) -> Engine:
 
 
 def _refill(params, cfg, e: Engine, q: Queue, spec: LoopSpec) -> Engine:
-    """While a slot is free and a prompt waits: start that prompt (batch 1) into the slot."""
+    """While slots are free and prompts wait: start the next prompts into the free slots.
+
+    Groups of ``spec.refill_batch`` start together in one batched forward while that many slots
+    are free and that many prompts wait (rows of one round often end together); the rest start
+    one at a time. A start's rows are independent, so the group changes no row's tokens."""
     mod, n = _mode(spec), q.prompt.shape[0]
 
-    def one(e: Engine) -> Engine:
-        i = jnp.argmax(e.slot < 0)
-        j = e.next
-        row = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, j, 1, 0), q)
-        small = mod.start(params, cfg, row.prompt, row.prompt_len, row.keys, row.knobs, spec=spec)
-        return e.replace(rows=put(e.rows, small, i), slot=e.slot.at[i].set(j), next=j + 1)
+    def start_group(g: int):
+        def body(e: Engine) -> Engine:
+            free = jnp.argsort(e.slot >= 0, stable=True)[:g]  # the first g free slots
+            j = e.next
+            rows = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, j, g, 0), q)
+            small = mod.start(params, cfg, rows.prompt, rows.prompt_len, rows.keys, rows.knobs, spec=spec)
+            big = e.rows
+            for k in range(g):
+                big = put(big, small, free[k], src=k)
+            slot = e.slot.at[free].set(j + jnp.arange(g, dtype=jnp.int32))
+            return e.replace(rows=big, slot=slot, next=j + g)
 
-    return jax.lax.while_loop(lambda e: jnp.any(e.slot < 0) & (e.next < n), one, e)
+        return body
+
+    def room(g: int):
+        return lambda e: (jnp.sum(e.slot < 0) >= g) & (e.next + g <= n)
+
+    g = min(spec.refill_batch, spec.slots, n - spec.slots)
+    if g > 1:  # static
+        e = jax.lax.while_loop(room(g), start_group(g), e)
+    return jax.lax.while_loop(room(1), start_group(1), e)
 
 
 def _round(params, cfg, e: Engine, q: Queue, spec: LoopSpec) -> Engine:
@@ -204,7 +222,7 @@ def peek(cfg: NLDConfig, e: Engine, q: Queue, *, spec: LoopSpec) -> dict:
 
 def run(params, cfg: NLDConfig, prompt, prompt_len, key, *, mode: str, out_len: int, cache_len: int,
         block_length: int = 1, acceptance: str = "speculative", policy: str = "threshold", slots: int | None = None,
-        **knobs) -> DecodeOutput:
+        refill_batch: int = 4, **knobs) -> DecodeOutput:
     """:func:`decode` on right-padded arrays, for tests and tools that bypass ``generate``'s host
     checks. ``key``: one key (row i folds in i) or one per row; ``knobs``: :meth:`Knobs.make`'s
     keywords, scalars or per-row."""
@@ -212,7 +230,8 @@ def run(params, cfg: NLDConfig, prompt, prompt_len, key, *, mode: str, out_len: 
 
     b = prompt.shape[0]
     spec = LoopSpec(mode=mode, block_length=block_length, out_len=out_len, cache_len=cache_len,
-                    prompt_width=prompt.shape[1], acceptance=acceptance, policy=policy, slots=slots or b)
+                    prompt_width=prompt.shape[1], acceptance=acceptance, policy=policy, slots=slots or b,
+                    refill_batch=refill_batch)
     q = Queue(prompt=jnp.asarray(prompt, jnp.int32), prompt_len=jnp.asarray(prompt_len, jnp.int32),
               keys=sampling.row_keys(key, b), knobs=Knobs.make(b, **knobs).clipped(out_len))
     return decode(params, cfg, q, spec=spec)

@@ -30,6 +30,9 @@ class LoopSpec:
     buffer. ``cache_len``: KV slots per row. ``prompt_width``: the padded prompt width.
     ``acceptance``: linear_spec's rule. ``policy``: diffusion's unmask policy name.
     ``slots``: rows decoded at once; prompts beyond them wait and take a slot when a row ends.
+    ``refill_batch``: when at least this many slots are free at once (rows that end in the same
+    round) and as many prompts wait, they start together in one batched start forward; the rest
+    start one at a time. 1 = always one at a time.
     """
 
     mode: str
@@ -40,12 +43,13 @@ class LoopSpec:
     acceptance: str = "speculative"
     policy: str = "threshold"
     slots: int = 1
+    refill_batch: int = 4
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
-        if self.block_length < 1 or self.out_len < 1 or self.slots < 1:
-            raise ValueError(f"block_length, out_len and slots must be >= 1, got {self}")
+        if self.block_length < 1 or self.out_len < 1 or self.slots < 1 or self.refill_batch < 1:
+            raise ValueError(f"block_length, out_len, slots and refill_batch must be >= 1, got {self}")
         if self.acceptance not in ACCEPTANCE:
             raise ValueError(f"acceptance must be one of {ACCEPTANCE}, got {self.acceptance!r}")
         if self.mode == "diffusion" and self.out_len % self.block_length:

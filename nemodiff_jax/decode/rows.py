@@ -54,15 +54,15 @@ def fresh(b: int, out_len: int, pad: int, key, cache: KVCache, extra: dict, *, n
     )
 
 
-def put(big: Rows, small: Rows, slot) -> Rows:
-    """``big`` with row ``slot`` replaced by the single row of ``small`` (cache batch axis is 1)."""
+def put(big: Rows, small: Rows, slot, src: int = 0) -> Rows:
+    """``big`` with row ``slot`` replaced by row ``src`` (static) of ``small`` (cache batch axis is 1)."""
 
     def row(b, s):
-        return jax.lax.dynamic_update_index_in_dim(b, s[0].astype(b.dtype), slot, 0)
+        return jax.lax.dynamic_update_index_in_dim(b, s[src].astype(b.dtype), slot, 0)
 
     cache = big.cache.replace(
-        k=jax.lax.dynamic_update_index_in_dim(big.cache.k, small.cache.k[:, 0], slot, 1),
-        v=jax.lax.dynamic_update_index_in_dim(big.cache.v, small.cache.v[:, 0], slot, 1),
+        k=jax.lax.dynamic_update_index_in_dim(big.cache.k, small.cache.k[:, src], slot, 1),
+        v=jax.lax.dynamic_update_index_in_dim(big.cache.v, small.cache.v[:, src], slot, 1),
         length=row(big.cache.length, small.cache.length),
     )
     rest = jax.tree.map(row, big.replace(cache=None), small.replace(cache=None))

@@ -4,6 +4,7 @@ generate ends, and none of it recompiles when traced knobs change."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -76,3 +77,25 @@ def test_stream_grows_and_ends_at_generate(mode):
         seen.append(upd)
     assert len(seen) > 2
     assert seen[-1].tokens == full.tokens and all(seen[-1].finished)
+
+
+@pytest.mark.parametrize("mode", ["ar", "linear_spec"])
+def test_group_refill_equals_one_at_a_time_and_prompts_alone(mode):
+    """Greedy AR rows without EOS all end in the same round, so 4 slots free up at once and the
+    next 4 prompts start in one batched start (refill_batch 4); one at a time (refill_batch 1)
+    and each prompt alone give the same tokens and NFE."""
+    from nemodiff_jax.decode.common import pad_prompts
+
+    m = tiny_model(1)
+    cfg = m.config.replace(eos_token_id=m.config.mask_token_id)  # never emitted: no row stops early
+    rows = prompts([5, 11, 3, 7, 2, 9, 4, 6, 8, 10, 3, 5], seed=4)
+    p, pl = pad_prompts([[int(t) for t in r] for r in rows], cfg.pad_token_id)
+    kw = dict(mode=mode, out_len=8, cache_len=p.shape[1] + 8 + 4, block_length=4, max_new_tokens=8)
+    outs = {r: engine.run(m.params, cfg, p, pl, jax.random.key(0), slots=4, refill_batch=r, **kw) for r in (1, 4)}
+    for i in range(len(rows)):
+        alone = engine.run(m.params, cfg, p[i:i + 1], pl[i:i + 1], jax.random.key(0), **kw)
+        for r, o in outs.items():
+            n = int(o.num_tokens[i])
+            assert n == int(alone.num_tokens[0]) == 8, (r, i)
+            np.testing.assert_array_equal(o.tokens[i, :n], alone.tokens[0, :n], err_msg=f"refill_batch {r}, row {i}")
+            assert int(o.nfe[i]) == int(alone.nfe[0])
