@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--n", type=int, default=120, help="held-out examples (round-robin over tasks)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--modes", default="ar,diffusion,diffusion+lora,linear_spec,linear_spec+lora,quadratic_spec,infill")
+    ap.add_argument("--modes", default="ar,diffusion,diffusion+lora,linear_spec,linear_spec+lora,quadratic_spec,infill,infill+lora")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=40)
     ap.add_argument("--json", help="also write the results here")
