@@ -15,8 +15,10 @@ prompt ids), same weights, greedy, for every side:
   accepts it, else in one plain call, marked "one call"), for ``ar``, ``diffusion``
   (threshold 0.9, no LoRA), ``linear_spec`` (no LoRA), ``linear_spec+lora`` and ``quadratic_spec``;
 * the torch twin (:mod:`nemodiff_jax.eval.torch_twin`: transformers' Ministral3 from an HF
-  export of the same model, DynamicCache + crop, Python loop, batch 1): ``twin_ar/1`` and
-  ``twin_linear_spec/1``;
+  export of the same model, DynamicCache + crop, Python loop, batch 1): ``twin_ar/1``,
+  ``twin_linear_spec/1`` (the released algorithm: prefill, then draft + verify cycles) and
+  ``twin_linear_spec_fused/1`` (context: the same twin with our start, the prefill and the first
+  draft in one forward, so it runs exactly our forwards);
 * transformers' own ``generate(do_sample=False)``: ``hf_generate/1``.
 
 Timing: one warm-up pass per side first (every prompt, so every shape bucket is compiled; its
@@ -45,7 +47,7 @@ OURS = {
     "linear_spec+lora": {"mode": "linear_spec", "lora": True},
     "quadratic_spec": {"mode": "quadratic_spec"},
 }
-TORCH = ("twin_ar", "twin_linear_spec", "hf_generate")
+TORCH = ("twin_ar", "twin_linear_spec", "twin_linear_spec_fused", "hf_generate")
 SIDES = (
     *(f"{m}/1" for m in OURS),
     *(f"{m}/slots" for m in OURS),
@@ -61,6 +63,8 @@ RATIOS = (
     ("diffusion: slots / one at a time", "diffusion/slots", "diffusion/1", 1.3),
     ("twin linear_spec / twin AR (context)", "twin_linear_spec/1", "twin_ar/1", None),
     ("our linear_spec no-LoRA / our AR (context)", "linear_spec/1", "ar/1", None),
+    ("linear_spec no-LoRA / twin with our fused start (same forwards; context)", "linear_spec/1",
+     "twin_linear_spec_fused/1", None),
 )
 
 
@@ -142,11 +146,14 @@ def _runner(side: str, model, twin, prompts_1, prompts_s, max_new_tokens: int, b
     call = {
         "twin_ar": lambda p: tt.twin_ar(twin, p, max_new_tokens, eos, mask_id=mask),
         "twin_linear_spec": lambda p: tt.twin_linear_spec(twin, p, max_new_tokens, block_length, mask, eos),
+        "twin_linear_spec_fused": lambda p: tt.twin_linear_spec(twin, p, max_new_tokens, block_length, mask, eos,
+                                                                fused=True),
         "hf_generate": lambda p: tt.hf_generate(twin, p, max_new_tokens, eos, mask_id=mask),
     }[name]
     what = {
         "twin_ar": "torch twin AR (DynamicCache, Python loop)",
         "twin_linear_spec": "torch twin linear_spec, no LoRA (DynamicCache + crop, Python loop)",
+        "twin_linear_spec_fused": "the same twin with our start (prefill + first draft in one forward)",
         "hf_generate": "transformers generate(do_sample=False)",
     }[name]
 

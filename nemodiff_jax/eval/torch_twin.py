@@ -9,20 +9,22 @@ uses one head for every mode). Decoding is a plain Python loop at batch 1 over t
 
 * :func:`twin_ar`: greedy AR, one token per forward.
 * :func:`twin_linear_spec`: linear self-speculation at temperature 0 without the draft LoRA.
-  The prefill and the first cycle's draft share one forward over ``[prompt, M x B]`` (the prompt
-  causal, the masks bidirectional; the first token, NFE 1), as our engine does; then per cycle a draft forward over
+  Causal prefill (the first token, NFE 1); then per cycle a draft forward over
   ``[seed, M x (B-1)]`` (``seed`` = the last emitted token, not yet cached) that sees the cached
   prefix and the whole block (a custom 4D mask), whose K/V are dropped again (``crop`` back to
   ``L0``: the "peek"); a causal verify forward over the drafted block that writes its K/V;
   ``a = 1 +`` the run of ``verify_argmax[j] == block[j+1]``; emit ``verify_argmax[:a]``; crop the
-  cache to ``L0 + a``; the new seed is the last emitted token. 2 NFE per cycle.
+  cache to ``L0 + a``; the new seed is the last emitted token. 2 NFE per cycle. With
+  ``fused=True`` it runs our engine's start instead: the prefill and the first cycle's draft share
+  one forward over ``[prompt, M x B]`` (the prompt causal, the masks bidirectional), one forward
+  fewer per call; the tokens are the same.
 * :func:`hf_generate`: transformers' ``model.generate(do_sample=False)`` (AR).
 
 Each returns ``(tokens, forwards)``: the generated ids (cut after the first EOS, EOS kept, at
 most ``max_new_tokens``) and the number of model forwards. Counting follows our engine
 (:mod:`nemodiff_jax.decode.generate`): AR counts one forward per generated token (the prefill
-yields the first one; no forward after the last), linear speculation counts the prefill (with
-the first draft) plus one verify for the first cycle and two per later cycle.
+yields the first one; no forward after the last), linear speculation counts the prefill plus
+two per cycle (fused: the prefill with the first draft, then a verify, then two per later cycle).
 
 Two deliberate choices that match our engine rather than the released HF text:
 
@@ -181,9 +183,10 @@ def twin_ar(model, ids, max_new_tokens: int, eos: int, *, mask_id: int | None = 
 
 
 def twin_linear_spec(
-    model, ids, max_new_tokens: int, block_length: int, mask_id: int | None, eos: int
+    model, ids, max_new_tokens: int, block_length: int, mask_id: int | None, eos: int, *, fused: bool = False
 ) -> tuple[list[int], int]:
-    """The released ``linear_spec_generate`` at temperature 0, threshold 0, no draft LoRA, batch 1."""
+    """The released ``linear_spec_generate`` at temperature 0, threshold 0, no draft LoRA, batch 1
+    (``fused``: with our engine's start, the prefill and the first draft in one forward)."""
     import torch
     from transformers import DynamicCache
 
@@ -193,16 +196,20 @@ def twin_linear_spec(
     p = x.shape[1]
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        # The prefill and the first draft in one forward over [prompt, M x B]: the prompt causal,
-        # the masks seeing everything (a custom 4D mask). NFE 1.
-        fused = torch.ones((1, 1, p + bk, p + bk), dtype=torch.bool)
-        fused[0, 0, :p] = torch.ones((p, p + bk), dtype=torch.bool).tril()
-        masks = torch.full((1, bk), m, dtype=torch.long)
-        logits = _forward(model, torch.cat([x, masks], dim=1), 0, cache, mask=fused)[0]
+        first_draft = None
+        if fused:
+            # The prefill and the first draft in one forward over [prompt, M x B]: the prompt
+            # causal, the masks seeing everything (a custom 4D mask). NFE 1.
+            window = torch.ones((1, 1, p + bk, p + bk), dtype=torch.bool)
+            window[0, 0, :p] = torch.ones((p, p + bk), dtype=torch.bool).tril()
+            masks = torch.full((1, bk), m, dtype=torch.long)
+            logits = _forward(model, torch.cat([x, masks], dim=1), 0, cache, mask=window)[0]
+            _crop_to(cache, p)  # the masks' K/V are not kept
+            first_draft = _argmax(logits[p:], m)
+        else:
+            logits = _forward(model, x, 0, cache, last_only=True)[0]  # causal prefill: NFE 1
         forwards = 1
-        _crop_to(cache, p)  # the masks' K/V are not kept
-        seed = int(_argmax(logits[p - 1], m))
-        first_draft = _argmax(logits[p:], m)
+        seed = int(_argmax(logits[-1] if first_draft is None else logits[p - 1], m))
         out = [seed]
         if seed == eos or len(out) >= max_new_tokens:
             return out, forwards

@@ -50,14 +50,15 @@ def test_twin_decodes_what_we_decode(model, twin, prompts):
         ar, ar_f = torch_twin.twin_ar(twin, p, N_NEW, eos)
         hf, hf_f = torch_twin.hf_generate(twin, p, N_NEW, eos)
         ls, ls_f = torch_twin.twin_linear_spec(twin, p, N_NEW, BLOCK, mask, eos)
+        fu, fu_f = torch_twin.twin_linear_spec(twin, p, N_NEW, BLOCK, mask, eos, fused=True)
         ours_ar = nd.generate(model, [p], mode="ar", max_new_tokens=N_NEW)
         ours_ls = nd.generate(model, [p], mode="linear_spec", max_new_tokens=N_NEW, block_length=BLOCK, lora=False)
         assert ar == ours_ar.tokens[0] == hf
-        assert ls == ar == ours_ls.tokens[0]  # lossless at T = 0
-        # Same NFE conventions: AR one forward per token; linear_spec 2 per cycle, the first
-        # cycle's draft inside the prefill.
+        assert ls == fu == ar == ours_ls.tokens[0]  # lossless at T = 0
+        # Same NFE conventions: AR one forward per token; linear_spec the prefill + 2 per cycle,
+        # ours (and the fused twin) one fewer: the first cycle's draft is inside the prefill.
         assert ar_f == hf_f == ours_ar.nfe[0] == len(ar)
-        assert ls_f == ours_ls.nfe[0] and ls_f % 2 == 0
+        assert ls_f == fu_f + 1 == ours_ls.nfe[0] + 1 and ls_f % 2 == 1
 
 
 def test_bench_smoke(model, tmp_path):
@@ -70,7 +71,8 @@ def test_bench_smoke(model, tmp_path):
         assert e["tokens"] > 0 and e["forwards"] > 0 and e["tok_per_s"] > 0 and e["tpf"] > 0, s
         assert e["timed_compiles"] == 0, s
     # the lossless sides decode exactly what our AR decodes
-    for s in ("linear_spec/1", "linear_spec+lora/1", "twin_ar/1", "twin_linear_spec/1", "hf_generate/1"):
+    for s in ("linear_spec/1", "linear_spec+lora/1", "twin_ar/1", "twin_linear_spec/1", "twin_linear_spec_fused/1",
+              "hf_generate/1"):
         assert res["sides"][s]["identical_to_ar"] == 1.0, s
     assert {r["name"] for r in res["ratios"]} == {r[0] for r in bench_decode.RATIOS}
     assert set(res["forward_ms"]) == {"1", "8"} and min(res["forward_ms"].values()) > 0
