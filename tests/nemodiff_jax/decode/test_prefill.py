@@ -173,17 +173,22 @@ def test_prefill_with_masks_equals_prefill_then_a_draft_pass(lengths):
         m.params, cfg, prompt, plen, KVCache.init(cfg, b, CACHE), bk, lora=lora)
     assert logits.shape == (b, 1 + bk, cfg.vocab_size)
     np.testing.assert_array_equal(cache.length, plen)
+    w = prompt.shape[1] + bk  # one reference width: positions past a row's masks see nothing of it
+
+    @jax.jit
+    def reference(ids, n, gate):
+        z, pos = jnp.zeros((1,), jnp.int32), jnp.arange(w, dtype=jnp.int32)[None]
+        mixed, cache = forward(m.params, cfg, ids, pos, masks.mixed(z, n, n + bk, 1), KVCache.init(cfg, 1, w), gate)
+        causal, _ = forward(m.params, cfg, ids, pos, masks.causal(z, w, 1), None, 0.0)
+        return mixed, cache, causal
+
     for i, row in enumerate(rows):
-        n, w = len(row), len(row) + bk
-        ids = jnp.asarray([list(row) + [cfg.mask_token_id] * bk], jnp.int32)
-        pos = jnp.arange(w, dtype=jnp.int32)[None]
+        n = len(row)
+        ids = jnp.asarray([list(row) + [cfg.mask_token_id] * bk + [cfg.pad_token_id] * (w - n - bk)], jnp.int32)
         gate = jnp.asarray((np.arange(w) >= n) * float(lora[i]), jnp.float32)[None, :, None]
-        policy = masks.mixed(jnp.zeros((1,), jnp.int32), jnp.asarray([n]), jnp.asarray([w]), 1)
-        ref, ref_cache = forward(m.params, cfg, ids, pos, policy, KVCache.init(cfg, 1, w), gate)
-        np.testing.assert_allclose(logits[i], ref[0, n - 1:], rtol=1e-5, atol=1e-4)
+        ref, ref_cache, causal = reference(ids, jnp.asarray([n], jnp.int32), gate)
+        np.testing.assert_allclose(logits[i], ref[0, n - 1:n + bk], rtol=1e-5, atol=1e-4)
         # The prompt's K/V are the AR model's (what the verify pass and later cycles attend to).
         np.testing.assert_allclose(cache.k[:, i, :, :n], ref_cache.k[:, 0, :, :n], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(cache.v[:, i, :, :n], ref_cache.v[:, 0, :, :n], rtol=1e-5, atol=1e-5)
-        causal, _ = forward(m.params, cfg, ids[:, :n], pos[:, :n], masks.causal(jnp.zeros((1,), jnp.int32), n, 1),
-                            None, 0.0)
-        np.testing.assert_allclose(logits[i, 0], causal[0, -1], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(logits[i, 0], causal[0, n - 1], rtol=1e-5, atol=1e-4)
