@@ -74,6 +74,9 @@ class Attention(nn.Module):
         if c.lora_rank:
             lora_a = self.param("lora_a", _init, (nq * d, c.lora_rank), dt)
             lora_b = self.param("lora_b", nn.initializers.zeros, (c.lora_rank, h), dt)
+        # A LoRA switch that is a Python 0 (AR steps, prefill, verify passes of their own
+        # program) is known off at trace time: no adapter matmuls are emitted.
+        if c.lora_rank and not (isinstance(lora, (int, float)) and lora == 0):
             flat = out.reshape(*out.shape[:2], nq * d)
             delta = (flat @ lora_a) @ lora_b
             scale = jnp.asarray(lora, jnp.float32) * c.lora_scale
