@@ -146,61 +146,40 @@ def prefill_with_window(
     lora=0.0,
     chunk: int | None = None,
 ) -> tuple[Float[Array, "B V"], Float[Array, "B W V"], KVCache]:
-    """The "default" mask of quadratic speculation's bootstrap, in chunks.
+    """``[prompt, window]`` under ``masks.mixed``: the prefill and one bidirectional pass over the
+    window right after each row's prompt, in ONE forward where the prompt fits one prefill chunk
+    (quadratic speculation's bootstrap, linear speculation's start with its first draft).
 
-    ``[prompt, window]`` under ``masks.mixed`` (prompt causal, the window's tokens see the
-    prompt and the whole window) equals a causal prefill of the prompt followed by one
-    bidirectional forward of the window at ``prompt_len`` (the prompt's K/V never see the
-    window, and each row's window sits right after its own prompt). Returns the last
-    prompt logits, the window logits and the cache with the length ``prompt_len`` (the
-    window's K/V are written past it, as the one-shot bootstrap leaves them).
-    """
-    b, w = window.shape
-    last, cache = prefill(params, cfg, prompt, prompt_len, cache, lora, chunk=chunk)
-    pl = cache.length
-    logits, cache = forward(params, cfg, window, positions_from(pl, w), masks.bidirectional(pl, w, b), cache, lora)
-    return last, logits, cache.with_length(prompt_len)
-
-
-def prefill_with_masks(
-    params,
-    cfg: NLDConfig,
-    prompt: Int[Array, "B P"],
-    prompt_len: Int[Array, "B"],
-    cache: KVCache,
-    num_masks: int,
-    *,
-    lora,
-) -> tuple[Float[Array, "B K V"], KVCache]:
-    """The prefill and a first bidirectional pass over ``num_masks`` masks after each prompt, in
-    one forward where the prompt fits one prefill chunk (linear speculation's first draft).
-
-    Each row's last ``t = min(len, chunk)`` prompt tokens and its masks form one window under
-    ``masks.mixed``: the prompt tokens are causal (they never see the masks, so their K/V are the
-    plain prefill's) and the masks see the whole prefix and each other. The earlier prompt
-    tokens, if any, go through :func:`prefill` first (no chunk runs for prompts that fit).
-    ``lora`` (``[B]``) switches the draft LoRA on for the masks only: prompt tokens always get
-    the base model. Returns ``[B, 1 + num_masks, V]`` logits, at the last prompt position and at
-    each mask, and the cache with the length ``prompt_len`` (the masks' K/V lie past it). Writes
-    cache slots up to ``max(P, len + chunk) + num_masks``.
+    The prompt tokens are causal (they never see the window, so their K/V are the plain
+    prefill's); the window's tokens see the whole prompt and each other. Each row's last
+    ``t = min(len, chunk)`` prompt tokens share the forward with the window; earlier prompt
+    tokens, if any, go through :func:`prefill` first. ``lora`` (a scalar or ``[B]``) is the
+    draft LoRA of the window only: prompt tokens always get the base model. Returns the last
+    prompt logits, the window logits and the cache with the length ``prompt_len`` (the window's
+    K/V lie past it). Writes cache slots up to ``max(P, len + chunk) + W``.
     """
     b, p = prompt.shape
-    tail = prefill_chunk(cfg, b, p, cache.k.shape[3])
+    w = window.shape[1]
+    tail = prefill_chunk(cfg, b, p, cache.k.shape[3], chunk)
     prompt_len = jnp.asarray(prompt_len, jnp.int32)
     t = jnp.minimum(prompt_len, tail)
     head = prompt_len - t
     if p > tail:  # static: shorter prompts are all tail
-        _, cache = prefill(params, cfg, prompt, head, cache)
-    w = tail + num_masks
-    col = jnp.arange(w, dtype=jnp.int32)[None, :]
+        _, cache = prefill(params, cfg, prompt, head, cache, chunk=chunk)
+    width = tail + w
+    col = jnp.arange(width, dtype=jnp.int32)[None, :]
     src = jnp.take_along_axis(prompt, jnp.clip(head[:, None] + col, 0, p - 1), axis=1)
-    in_prompt, in_masks = col < t[:, None], col < (t + num_masks)[:, None]
-    tokens = jnp.where(in_prompt, src, jnp.where(in_masks, cfg.mask_token_id, cfg.pad_token_id))
-    scale = jnp.where(in_prompt, 0.0, jnp.asarray(lora, jnp.float32)[:, None])
-    at = t[:, None] - 1 + jnp.arange(num_masks + 1, dtype=jnp.int32)[None, :]
-    logits, cache = forward(params, cfg, tokens, positions_from(head, w), masks.mixed(head, t, t + num_masks, b),
+    win = jnp.take_along_axis(window, jnp.clip(col - t[:, None], 0, w - 1), axis=1)
+    in_prompt, in_window = col < t[:, None], col < (t + w)[:, None]
+    tokens = jnp.where(in_prompt, src, jnp.where(in_window, win, cfg.pad_token_id))
+    if isinstance(lora, (int, float)) and lora == 0:
+        scale = 0.0  # known off: no adapter matmuls
+    else:
+        scale = jnp.where(in_prompt, 0.0, jnp.broadcast_to(jnp.asarray(lora, jnp.float32), (b,))[:, None])
+    at = t[:, None] - 1 + jnp.arange(w + 1, dtype=jnp.int32)[None, :]
+    logits, cache = forward(params, cfg, tokens, positions_from(head, width), masks.mixed(head, t, t + w, b),
                             cache, scale, logits_at=at)
-    return logits, cache.with_length(prompt_len)
+    return logits[:, 0], logits[:, 1:], cache.with_length(prompt_len)
 
 
 def pad_prompts(prompts: list[list[int]], pad_id: int, bucket: int = 16) -> tuple[jax.Array, jax.Array]:

@@ -66,7 +66,7 @@ from ..model import masks
 from . import sampling
 from ..model.forward import forward
 from ..model.cache import KVCache
-from .common import choose, positions_from, prefill_with_masks, row_probs, select_keys
+from .common import choose, positions_from, prefill_with_window, row_probs, select_keys
 from .knobs import Knobs, LoopSpec, cache_needed
 from .rows import Rows, commit, crop, finish, force_think, fresh, record_cycle, spec_stats, stop_nonfinite
 
@@ -150,7 +150,7 @@ def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -
     """The prefill and the first draft pass in ONE forward (NFE 1), the first seed emitted at once.
 
     The prompt (causal, LoRA off: the AR model's K/V) and ``block_length`` masks after it
-    (bidirectional, LoRA per ``kn.lora``) share one window (:func:`~.common.prefill_with_masks`).
+    (bidirectional, LoRA per ``kn.lora``) share one window (:func:`~.common.prefill_with_window`).
     The seed is the AR token at the prompt's end; the masks after it were drafted without it,
     which changes only the proposal of the first cycle (the verify pass decides what is emitted,
     so the output is the AR output; with ``"speculative"`` acceptance the recorded ``q`` is that
@@ -158,13 +158,14 @@ def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -
     """
     b, bk, v, m = prompt.shape[0], spec.block_length, cfg.vocab_size, cfg.mask_token_id
     cache = KVCache.init(cfg, b, spec.cache_len, jnp.dtype(cfg.dtype))
-    logits, cache = prefill_with_masks(params, cfg, prompt, prompt_len, cache, bk, lora=kn.lora)
+    last, mask_logits, cache = prefill_with_window(params, cfg, prompt, prompt_len, cache,
+                                                   jnp.full((b, bk), m, jnp.int32), lora=kn.lora)
     key, sub = sampling.split_rows(keys)
-    seed = choose(logits[:, 0], sub, kn, m)
+    seed = choose(last, sub, kn, m)
     seed = jnp.where(kn.thinking & (kn.budget == 0), kn.end_think, seed)  # generated index 0
     key, cycle_key = sampling.split_rows(key)
     block = _new_block(seed, bk, m)
-    r = stop_nonfinite(fresh(b, spec.out_len, cfg.pad_token_id, key, cache, {}, nfe=1), logits)
+    r = stop_nonfinite(fresh(b, spec.out_len, cfg.pad_token_id, key, cache, {}, nfe=1), last, mask_logits)
     r, _ = commit(r, seed[:, None], jnp.ones((b,), jnp.int32), (kn.limit > 0) & ~r.done, kn, eos=cfg.eos_token_id, mark=r.nfe)
     done = r.done | (kn.limit <= 0)
     drafting = ~done & jnp.any(block == m, axis=1)
@@ -173,7 +174,7 @@ def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -
         kn.all_greedy,
         lambda lg: (_draft_greedy(lg, block, drafting, kn, m)[0], q0),
         lambda lg: _draft_sampled(lg, block, drafting, kn, sampling.fold_rows(cycle_key, 0), q0, m)[:2],
-        logits[:, 1:],
+        mask_logits,
     )
     extra = {
         "block": block,

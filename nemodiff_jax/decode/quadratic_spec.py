@@ -53,7 +53,7 @@ def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -
     """The bootstrap forward (NFE 1): prompt causal, each row's B masks bidirectional after it."""
     b = prompt.shape[0]
     bk, m = spec.block_length, cfg.mask_token_id
-    # [prompt, M x B] under the mixed mask, as a chunked causal prefill + one window forward.
+    # [prompt, M x B] under the mixed mask: the prompt's last chunk and the masks in one forward.
     cache = KVCache.init(cfg, b, spec.cache_len, jnp.dtype(cfg.dtype))
     masks_win = jnp.full((b, bk), m, jnp.int32)
     last, mask_logits, cache = prefill_with_window(params, cfg, prompt, prompt_len, cache, masks_win)

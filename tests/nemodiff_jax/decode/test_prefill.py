@@ -13,7 +13,7 @@ import pytest
 from nemodiff_jax.model import masks
 from nemodiff_jax.model.forward import final_logits, forward, forward_hidden
 from nemodiff_jax.model.cache import KVCache
-from nemodiff_jax.decode.common import chunk_starts, positions_from, prefill, prefill_with_masks, prefill_with_window
+from nemodiff_jax.decode.common import chunk_starts, positions_from, prefill, prefill_with_window
 
 from .tiny import prompts, tiny_model
 
@@ -158,8 +158,8 @@ def with_lora(model):
 
 
 @pytest.mark.parametrize("lengths", [LENGTHS, (20, 3, 31)])
-def test_prefill_with_masks_equals_prefill_then_a_draft_pass(lengths):
-    """Linear speculation's fused start: per row, one forward over ``[prompt, M x B]`` without a
+def test_prefill_with_window_per_row_lora_on_the_window_only(lengths):
+    """Linear speculation's start: per row, one forward over ``[prompt, M x B]`` without a
     cache, the prompt causal with the LoRA off and the masks bidirectional with the row's LoRA.
     LENGTHS has prompts longer than one window (their head goes through the chunked prefill);
     the second case fits one window."""
@@ -169,8 +169,10 @@ def test_prefill_with_masks_equals_prefill_then_a_draft_pass(lengths):
     prompt, plen = padded(rows, width=64 if max(lengths) > 32 else 32)
     b, bk = len(rows), 4
     lora = jnp.asarray([1.0, 0.0, 1.0, 0.5][:b], jnp.float32)
-    logits, cache = jax.jit(prefill_with_masks, static_argnums=(1, 5))(
-        m.params, cfg, prompt, plen, KVCache.init(cfg, b, CACHE), bk, lora=lora)
+    window = jnp.full((b, bk), cfg.mask_token_id, jnp.int32)
+    last, win, cache = jax.jit(prefill_with_window, static_argnums=(1,))(
+        m.params, cfg, prompt, plen, KVCache.init(cfg, b, CACHE), window, lora=lora)
+    logits = jnp.concatenate([last[:, None], win], axis=1)
     assert logits.shape == (b, 1 + bk, cfg.vocab_size)
     np.testing.assert_array_equal(cache.length, plen)
     w = prompt.shape[1] + bk  # one reference width: positions past a row's masks see nothing of it
