@@ -75,11 +75,12 @@ def test_bench_smoke(model, tmp_path):
               "hf_generate/1"):
         assert res["sides"][s]["identical_to_ar"] == 1.0, s
     assert {r["name"] for r in res["ratios"]} == {r[0] for r in bench_decode.RATIOS}
-    assert set(res["forward_ms"]) == {"1", "8"} and min(res["forward_ms"].values()) > 0
+    assert set(res["forward_ms"]) == {"1", "8", "step"} and min(res["forward_ms"].values()) > 0
     sol, side = res["speed_of_light"], res["sides"]["linear_spec+lora/1"]
     cycles = side["forwards"] / 2  # threshold 0: a draft and a verify per cycle (the first draft in the prefill)
     assert sol["tokens_per_cycle"] == pytest.approx((side["tokens"] - side["prompts"]) / cycles)
-    assert sol["bound"] == pytest.approx(sol["t_1_ms"] * sol["tokens_per_cycle"] / (2 * sol["t_block_ms"]))
+    assert sol["t_step_ms"] == res["forward_ms"]["step"] and sol["t_block_ms"] == res["forward_ms"]["8"]
+    assert sol["bound"] == pytest.approx(sol["t_step_ms"] * sol["tokens_per_cycle"] / (2 * sol["t_block_ms"]))
     table = bench_decode.format_table(res)
     for s in bench_decode.SIDES:
         assert f"| {s} |" in table
