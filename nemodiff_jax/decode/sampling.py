@@ -31,8 +31,24 @@ def mask_out(logits: Float[Array, "... V"], mask_token_id: int) -> Float[Array, 
 
 
 def greedy(logits: Float[Array, "... V"], mask_token_id: int) -> Int[Array, "..."]:
-    """Argmax over the vocabulary, mask token excluded."""
-    return jnp.argmax(mask_out(logits.astype(jnp.float32), mask_token_id), axis=-1).astype(jnp.int32)
+    """Argmax over the vocabulary, mask token excluded; ``jnp.argmax``'s answer, ties to the
+    lowest id and a NaN's first index included.
+
+    Written as two fused reductions (the maximum, then the lowest id holding it) instead of
+    ``jnp.argmax``, whose (value, index) pair reduction XLA on CPU runs 3-4x slower over a
+    ``[B, 32, V]`` block of logits; the mask token is dropped inside the same fusion rather
+    than by a scatter into a copy of the logits. The ids are float32 iotas, exact up to 2^24.
+    """
+    x = logits.astype(jnp.float32)
+    vocab = x.shape[-1]
+    if vocab >= 1 << 24:
+        return jnp.argmax(mask_out(x, mask_token_id), axis=-1).astype(jnp.int32)
+    ids = jax.lax.broadcasted_iota(jnp.float32, x.shape, x.ndim - 1)
+    if 0 <= mask_token_id < vocab:
+        x = jnp.where(ids == mask_token_id, NEG_INF, x)
+    best = jnp.max(x, axis=-1, keepdims=True)
+    hit = (x == best) | jnp.isnan(x)
+    return jnp.min(jnp.where(hit, ids, float(vocab)), axis=-1).astype(jnp.int32)
 
 
 def _ranks(x: Float[Array, "... V"]) -> Int[Array, "... V"]:

@@ -64,6 +64,36 @@ def test_greedy_excludes_mask_and_confidence_is_raw_softmax():
     assert not np.any(np.asarray(samples) == MASK)
 
 
+def np_greedy(logits, mask_id):
+    """numpy's argmax with the mask token at -inf: ties to the lowest id, a NaN's first index."""
+    x = np.array(logits, np.float64)
+    if 0 <= mask_id < x.shape[-1]:
+        x[..., mask_id] = -np.inf
+    return np.argmax(x, axis=-1)
+
+
+@pytest.mark.parametrize("mask_id", [MASK, 0, 99])
+def test_greedy_is_numpy_argmax_ties_nan_inf(mask_id):
+    """The two-reduction argmax against numpy on the cases that trip such rewrites: ties
+    (small integer logits), the maximum at the mask token, +inf, all -inf, NaNs."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 3, size=(6, 7, 40)).astype(np.float32)
+    x[0, 0, mask_id % 40] = 50.0  # the best logit is the mask token's: the runner-up wins
+    x[0, 1, [5, 9]] = np.inf  # two +inf: the first
+    x[0, 2] = -np.inf  # nothing finite: index 0, as argmax
+    x[0, 3, [7, 2]] = np.nan  # NaNs win, the first one
+    x[0, 4, :] = np.nan
+    x[0, 5, 11] = np.nan
+    x[0, 5, 3] = np.inf
+    got = jax.jit(sampling.greedy, static_argnums=1)(jnp.asarray(x), mask_id)
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), np_greedy(x, mask_id))
+    wide = rng.normal(size=(3, 2, 4099)).astype(np.float32)  # a vocabulary not a power of two
+    np.testing.assert_array_equal(np.asarray(sampling.greedy(jnp.asarray(wide), 4098)), np_greedy(wide, 4098))
+    bf16 = jnp.asarray(x[1:], jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(sampling.greedy(bf16, mask_id)), np_greedy(np.asarray(bf16, np.float32), mask_id))
+
+
 @pytest.mark.parametrize("t,top_k,top_p", [(1.0, 0, 1.0), (0.7, 3, 1.0), (1.5, 0, 0.8)])
 def test_sample_frequencies(t, top_k, top_p):
     logits = jnp.asarray([0.3, 1.0, -0.5, 2.0, 0.0, 0.8], jnp.float32)
