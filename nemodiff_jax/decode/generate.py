@@ -422,8 +422,10 @@ def _compiled_decode(params, cfg, queue, spec: LoopSpec):
     from .engine import decode
 
     leaves, treedef = jax.tree.flatten(queue)
+    # dtype and sharding objects hash and compare as they are (str() of them was most of a
+    # short call's host time); numpy leaves have no sharding.
     sig = (cfg, spec, treedef, jax.tree.structure(params),
-           tuple((x.shape, str(x.dtype), str(getattr(x, "sharding", ""))) for x in jax.tree.leaves((params, leaves))))
+           tuple((x.shape, x.dtype, getattr(x, "sharding", None)) for x in jax.tree.leaves((params, leaves))))
     if sig in _COMPILED:
         return _COMPILED[sig], 0.0
 
