@@ -17,7 +17,8 @@ from scipy import stats as sps
 import nemodiff_jax as nd
 from nemodiff_jax.model import masks
 from nemodiff_jax.decode import engine
-from nemodiff_jax.decode.linear_spec import linear_cache_len
+from nemodiff_jax.decode.knobs import Knobs
+from nemodiff_jax.decode.linear_spec import linear_cache_len, rows_needed
 from tests.nemodiff_jax.decode.tiny import (
     ORACLE_WIDTH, TINY, greedy_np, pad, prompts, relabel, seq_logits, softmax_np, swap_ids,
 )
@@ -107,10 +108,14 @@ def draft_logits(model, seq, l0: int, lora: float) -> np.ndarray:
     return np.array(logits[0, l0:n])
 
 
-def reference_linear(model, prompt, max_new, bk, threshold, lora, think=-1, end_think=-1):
+def reference_linear(model, prompt, max_new, bk, threshold, lora, think=-1, end_think=-1, clip=True):
     """docs/ALGORITHMS.md, "Linear self-speculation" at T = 0 in plain python on explicit sequences (no cache): returns
     (tokens, nfe, acceptance lengths, commit_pass). The first draft pass runs with the prefill, on
-    ``prompt ++ [M] * bk`` (block position 0 still a mask), and counts no NFE of its own."""
+    ``prompt ++ [M] * bk`` (block position 0 still a mask), and counts no NFE of its own.
+
+    ``clip``: the run of accepted drafts is counted up to the block's first drafted EOS and the
+    tokens left under ``max_new`` (what the engine records: nothing past them is emitted); False
+    counts every match, as the HF loop does."""
     cfg = model.config
     m, eos = cfg.mask_token_id, cfg.eos_token_id
     prompt = [int(t) for t in prompt]
@@ -146,8 +151,10 @@ def reference_linear(model, prompt, max_new, bk, threshold, lora, think=-1, end_
         fused = False
         ar = greedy_np(seq_logits(model, prefix + block)[l0:], m)  # verify: causal, LoRA off
         nfe += 1
+        # Drafted tokens that can reach the output: up to the first drafted EOS, and the limit.
+        reach = min(block.index(eos, 1) if eos in block[1:] else bk, max_new - len(out)) if clip else bk
         a = 1
-        while a < bk and int(ar[a - 1]) == block[a]:
+        while a < bk and a <= reach and int(ar[a - 1]) == block[a]:
             a += 1
         acc.append(a)
         emitted = [int(t) for t in ar[:a]]
@@ -229,6 +236,41 @@ def test_matches_python_reference_nfe_and_stats(threshold):
                 assert toks == brute_greedy(m, r, MAX_NEW, think, 41)  # the AR thinking rule
         multi_pass |= bool(np.any(out.stats["draft_passes"] > out.stats["cycles"]))
     assert multi_pass == (threshold > 0)
+
+
+def test_rows_needed_is_the_first_drafted_eos_and_the_limit():
+    """rows_needed against a python walk over random blocks: verifier tokens 0..k-1 check
+    drafted tokens 1..k, where k stops at the first drafted EOS (the seed at 0 does not count)
+    and at the tokens left under the limit."""
+    eos, bk = CFG.eos_token_id, 8
+    rng = np.random.default_rng(0)
+    block = rng.choice([eos, 20, 21, 22], size=(64, bk), p=[0.15, 0.3, 0.3, 0.25])
+    n_out, limit = rng.integers(0, 20, 64), rng.integers(1, 24, 64)
+    kn = Knobs.make(64, max_new_tokens=limit.astype(np.int32))
+    got = np.asarray(rows_needed(jnp.asarray(block, jnp.int32), jnp.asarray(n_out, jnp.int32), kn, eos))
+    for b in range(64):
+        drafted = [j for j in range(1, bk) if block[b, j] == eos]
+        want = max(min(drafted[0] if drafted else bk, limit[b] - n_out[b]), 1)
+        assert got[b] == want, (block[b], n_out[b], limit[b])
+
+
+def test_acceptance_counts_stop_at_the_limit():
+    """The run of accepted drafts is counted only up to the token limit (what lies past it is
+    never emitted): on a network whose every pass predicts the same token (zero embeddings)
+    every draft is accepted, so each limit inside a block cuts the count. The engine's tokens are the brute-force AR tokens, its counts the clipped
+    reference's, which differ from counting every match."""
+    params = dict(lora_model(0).params)
+    params["embed_tokens"] = jnp.zeros_like(params["embed_tokens"])
+    m = nd.Model(CFG, params)
+    row = prompts([6])[0]
+    for max_new in (2, 3, 7):
+        toks, nfe, acc, _ = reference_linear(m, row, max_new, 4, 0.0, 1.0)
+        assert acc != reference_linear(m, row, max_new, 4, 0.0, 1.0, clip=False)[2]  # the clip bites
+        out = run(m, [row], max_new)
+        n = int(out.num_tokens[0])
+        assert np.asarray(out.tokens[0, :n]).tolist() == toks == brute_greedy(m, row, max_new)
+        assert int(out.nfe[0]) == nfe
+        assert np.asarray(out.stats["acceptance_lengths"][0, : len(acc)]).tolist() == acc
 
 
 def test_no_recompile_across_knobs():
