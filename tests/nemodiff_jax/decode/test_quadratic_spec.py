@@ -34,7 +34,7 @@ def run(model, rows, max_new=MAX_NEW, *, bk=4, think=-1, end_think=-1, mix=-1.0)
     )
 
 
-def reference_quadratic(model, prompt, max_new, bk, think=-1, end_think=-1):
+def reference_quadratic(model, prompt, max_new, bk, think=-1, end_think=-1, clip=True):
     """docs/ALGORITHMS.md, "Quadratic self-speculation" at ar_mix None on explicit sequences (no cache): (tokens, nfe, acceptance)."""
     cfg = model.config
     m, eos = cfg.mask_token_id, cfg.eos_token_id
@@ -50,8 +50,10 @@ def reference_quadratic(model, prompt, max_new, bk, think=-1, end_think=-1):
         l0 = len(prefix)
         nfe += 1
         ar = greedy_np(seq_logits(model, prefix + draft)[l0:], m)  # row heads: the causal chain
+        # Drafts past the first EOS of the draft and the limit are not counted (never committed).
+        reach = min(draft.index(eos) if eos in draft else bk, max_new - len(out) - 1) if clip else bk
         a = 1
-        while a < bk and int(ar[a - 1]) == draft[a]:
+        while a < bk and a <= reach and int(ar[a - 1]) == draft[a]:
             a += 1
         acc.append(a)
         forced = False
@@ -72,6 +74,24 @@ def reference_quadratic(model, prompt, max_new, bk, think=-1, end_think=-1):
         out += commit
         draft = nxt
     return out[:max_new], nfe, acc
+
+
+def test_acceptance_counts_stop_at_the_limit():
+    """As in linear_spec: the accepted drafts are counted only up to the limit (nothing past it
+    is committed). A network whose every pass predicts the same token (zero embeddings)
+    accepts every draft, so each limit inside a block cuts the count; tokens stay the AR ones."""
+    params = dict(lora_model(0).params)
+    params["embed_tokens"] = jnp.zeros_like(params["embed_tokens"])
+    m = lora_model(0).__class__(lora_model(0).config, params)
+    row = prompts([6])[0]
+    for max_new in (2, 3, 7):
+        toks, nfe, acc = reference_quadratic(m, row, max_new, 4)
+        assert acc != reference_quadratic(m, row, max_new, 4, clip=False)[2]  # the clip bites
+        out = run(m, [row], max_new)
+        n = int(out.num_tokens[0])
+        assert np.asarray(out.tokens[0, :n]).tolist() == toks == brute_greedy(m, row, max_new)
+        assert int(out.nfe[0]) == nfe
+        assert np.asarray(out.stats["acceptance_lengths"][0, : len(acc)]).tolist() == acc
 
 
 @pytest.mark.parametrize("bk", [4, 2])
