@@ -68,7 +68,7 @@ from ..model.forward import forward
 from ..model.cache import KVCache
 from .common import choose, positions_from, prefill_with_window, row_probs, select_keys
 from .knobs import Knobs, LoopSpec, cache_needed
-from .rows import (Rows, commit, crop, finish, first_index, force_think, fresh, record_cycle, spec_stats,
+from .rows import (Rows, accept_cap, commit, crop, finish, force_think, fresh, record_cycle, spec_stats,
                    stop_nonfinite)
 
 
@@ -111,12 +111,6 @@ def _accept(p, q, block, rand, acceptance: str):
     shifted = jnp.concatenate([drafted, block[:, :1]], axis=1)  # block[j+1] for j < B-1
     col = jnp.arange(bk, dtype=jnp.int32)[None, :]
     return jnp.where(col < n_acc[:, None], shifted, fix), n_acc
-
-
-def _run_of_matches(tok, block) -> Int[Array, "B"]:
-    """Greedy acceptance: how many drafted tokens ``block[:, 1:]`` equal the verifier's tokens
-    before the first disagreement."""
-    return jnp.sum(jnp.cumprod((tok[:, :-1] == block[:, 1:]).astype(jnp.int32), axis=1), axis=1)
 
 
 def _draft_commit(tok, conf, block, drafting, kn: Knobs, mask_id: int):
@@ -195,16 +189,6 @@ def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -
     return r.replace(done=done, extra=extra)
 
 
-def rows_needed(block, n_out, kn: Knobs, eos: int) -> Int[Array, "B"]:
-    """How many verifier tokens of this block can reach the output: up to the first drafted EOS
-    and at most the tokens left under the limit. Verifier token j checks drafted token j + 1;
-    whatever follows the EOS or the limit is cut by the commit, so the run of accepted drafts
-    is counted up to here (the statistics then say what a cycle could emit, not how far a
-    draft past the answer's end happened to agree)."""
-    first_eos = first_index(block[:, 1:] == eos) + 1  # the block index of the first drafted EOS
-    return jnp.maximum(jnp.minimum(first_eos, kn.limit - n_out), 1)
-
-
 def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
     """One forward per row: a draft pass or the verify pass (then accept, commit, crop).
 
@@ -217,7 +201,6 @@ def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
     live, verify, block = ~r.done, x["verify"], x["block"]
     drafting, verifying = live & ~verify, live & verify
     length = r.cache.length
-    needed = rows_needed(block, r.n_out, kn, cfg.eos_token_id)
     policy = masks.mixed(length, jnp.where(verify, bk, 0), bk, b)
     logits, cache = forward(params, cfg, block, positions_from(length, bk), policy, r.cache,
                             jnp.where(verify, 0.0, kn.lora))
@@ -227,7 +210,8 @@ def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
 
     def greedy(logits):
         filled, tok = _draft_greedy(logits, block, drafting, kn, m)
-        return filled, x["q"], tok, _run_of_matches(tok, block)
+        n_acc = jnp.sum(jnp.cumprod((tok[:, :-1] == block[:, 1:]).astype(jnp.int32), axis=1), axis=1)
+        return filled, x["q"], tok, n_acc
 
     def sampled(logits):
         noise = sampling.fold_rows(x["cycle_key"], x["pass_i"])
@@ -237,9 +221,9 @@ def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
         return filled, q, e, n_acc
 
     filled, q, e, n_acc = jax.lax.cond(kn.all_greedy, greedy, sampled, logits)
-    # Drafts past the first drafted EOS or the limit are never emitted: not counted as accepted
-    # (e[:, :a] is unchanged up to there, so the output is too).
-    n_acc = jnp.minimum(n_acc, needed)
+    # The seed (block[0], generated index n_out - 1) was emitted last cycle: drafts past the first
+    # drafted EOS or the limit are not counted as accepted (e[:, :a] and the output are unchanged).
+    n_acc = jnp.minimum(n_acc, accept_cap(block, r.n_out - 1, kn.limit, cfg.eos_token_id))
     nfe = r.nfe + live.astype(jnp.int32)
 
     # Verify rows: thinking budget, commit, crop to L0 + a, the next seed.

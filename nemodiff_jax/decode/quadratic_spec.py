@@ -41,7 +41,7 @@ from ..model.forward import forward
 from ..model.cache import KVCache
 from .common import prefill_with_window
 from .knobs import Knobs, LoopSpec
-from .rows import Rows, commit, crop, finish, first_index, fresh, record_cycle, spec_stats, stop_nonfinite
+from .rows import Rows, accept_cap, commit, crop, finish, fresh, record_cycle, spec_stats, stop_nonfinite
 
 
 def quadratic_cache_len(prompt_width: int, out_len: int, block_length: int) -> int:
@@ -93,9 +93,9 @@ def step(params, cfg, r: Rows, kn: Knobs, *, spec: LoopSpec) -> Rows:
 
     ok = pred[:, :-1, 0] == d[:, 1:]
     n_acc = jnp.sum(jnp.cumprod(ok.astype(jnp.int32), axis=1), axis=1)
-    # Drafts past the first EOS of d or the limit are never committed: not counted as accepted
+    # d_0 lands at generated index n_out: drafts past d's first EOS or the limit are not counted
     # (every row that reaches them is done this cycle, so the commit and the output are unchanged).
-    n_acc = jnp.minimum(n_acc, jnp.maximum(jnp.minimum(first_index(d == cfg.eos_token_id), kn.limit - r.n_out - 1), 0))
+    n_acc = jnp.minimum(n_acc, accept_cap(d, r.n_out, kn.limit, cfg.eos_token_id))
     a = n_acc + 1
     col = jnp.arange(bk, dtype=jnp.int32)[None, :]
 

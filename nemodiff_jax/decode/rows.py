@@ -165,6 +165,15 @@ def spec_stats(b: int, out_len: int, block_length: int) -> dict:
     }
 
 
+def accept_cap(span: Int[Array, "B W"], first_out, limit, eos: int) -> Int[Array, "B"]:
+    """The most drafted tokens ``span[:, 1:]`` a cycle can accept and still emit: up to the
+    first EOS of ``span`` and the tokens left under ``limit``, where ``span[:, 0]`` lands at
+    generated index ``first_out``. The commit cuts the rest, so counting them would only say
+    how far a draft past the answer's end happened to agree."""
+    reach = jnp.minimum(first_index(span == eos), span.shape[1] - 1)
+    return jnp.maximum(jnp.minimum(reach, limit - first_out - 1), 0)
+
+
 def record_cycle(x: dict, n_acc: Int[Array, "B"], live: Bool[Array, "B"]) -> dict:
     """Add one verified cycle: its acceptance length ``a = n_acc + 1`` and per-position counts.
 

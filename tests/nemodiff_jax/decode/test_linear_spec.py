@@ -17,8 +17,7 @@ from scipy import stats as sps
 import nemodiff_jax as nd
 from nemodiff_jax.model import masks
 from nemodiff_jax.decode import engine
-from nemodiff_jax.decode.knobs import Knobs
-from nemodiff_jax.decode.linear_spec import linear_cache_len, rows_needed
+from nemodiff_jax.decode.linear_spec import linear_cache_len
 from tests.nemodiff_jax.decode.tiny import (
     ORACLE_WIDTH, TINY, greedy_np, pad, prompts, relabel, seq_logits, softmax_np, swap_ids,
 )
@@ -236,22 +235,6 @@ def test_matches_python_reference_nfe_and_stats(threshold):
                 assert toks == brute_greedy(m, r, MAX_NEW, think, 41)  # the AR thinking rule
         multi_pass |= bool(np.any(out.stats["draft_passes"] > out.stats["cycles"]))
     assert multi_pass == (threshold > 0)
-
-
-def test_rows_needed_is_the_first_drafted_eos_and_the_limit():
-    """rows_needed against a python walk over random blocks: verifier tokens 0..k-1 check
-    drafted tokens 1..k, where k stops at the first drafted EOS (the seed at 0 does not count)
-    and at the tokens left under the limit."""
-    eos, bk = CFG.eos_token_id, 8
-    rng = np.random.default_rng(0)
-    block = rng.choice([eos, 20, 21, 22], size=(64, bk), p=[0.15, 0.3, 0.3, 0.25])
-    n_out, limit = rng.integers(0, 20, 64), rng.integers(1, 24, 64)
-    kn = Knobs.make(64, max_new_tokens=limit.astype(np.int32))
-    got = np.asarray(rows_needed(jnp.asarray(block, jnp.int32), jnp.asarray(n_out, jnp.int32), kn, eos))
-    for b in range(64):
-        drafted = [j for j in range(1, bk) if block[b, j] == eos]
-        want = max(min(drafted[0] if drafted else bk, limit[b] - n_out[b]), 1)
-        assert got[b] == want, (block[b], n_out[b], limit[b])
 
 
 def test_acceptance_counts_stop_at_the_limit():
