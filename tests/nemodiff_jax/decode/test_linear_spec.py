@@ -57,6 +57,15 @@ def lora_model(variant: int = 0) -> nd.Model:
     return nd.Model(CFG, params)
 
 
+@functools.lru_cache(maxsize=None)
+def constant_model() -> nd.Model:
+    """Zero token embeddings: every hidden state is zero, so every pass (AR or draft) predicts
+    the same token and every draft is accepted."""
+    params = dict(lora_model(0).params)
+    params["embed_tokens"] = jnp.zeros_like(params["embed_tokens"])
+    return nd.Model(CFG, params)
+
+
 def run(model, rows, max_new=MAX_NEW, *, bk=4, temperature=0.0, top_k=0, top_p=1.0, threshold=0.0, lora=1.0,
         think=-1, end_think=-1, seed=0, acceptance="speculative"):
     p, pl = pad(rows)
@@ -239,12 +248,11 @@ def test_matches_python_reference_nfe_and_stats(threshold):
 
 def test_acceptance_counts_stop_at_the_limit():
     """The run of accepted drafts is counted only up to the token limit (what lies past it is
-    never emitted): on a network whose every pass predicts the same token (zero embeddings)
-    every draft is accepted, so each limit inside a block cuts the count. The engine's tokens are the brute-force AR tokens, its counts the clipped
-    reference's, which differ from counting every match."""
-    params = dict(lora_model(0).params)
-    params["embed_tokens"] = jnp.zeros_like(params["embed_tokens"])
-    m = nd.Model(CFG, params)
+    never emitted): on a network whose every pass predicts the same token every draft is
+    accepted, so each limit inside a block cuts the count. The engine's tokens are the
+    brute-force AR tokens, its counts the clipped reference's, which differ from counting
+    every match."""
+    m = constant_model()
     row = prompts([6])[0]
     for max_new in (2, 3, 7):
         toks, nfe, acc, _ = reference_linear(m, row, max_new, 4, 0.0, 1.0)
