@@ -19,7 +19,7 @@ from nemodiff_jax.model.config import NLDConfig
 from .convert import MANIFEST, check_out, converted_config_dict, copy_side_files, staging, write_json
 from nemodiff_jax.io.hf_read import read_config
 from nemodiff_jax.io.jax_format import LORA_DIR, PARAMS_DIR, LeafReader, check_chunks, check_stored, stored_leaves
-from nemodiff_jax.io.keymap import CheckpointError, ParamSpec, get_path, hf_param_specs
+from nemodiff_jax.io.keymap import CheckpointError, ParamSpec, hf_param_specs, spec_array
 from nemodiff_jax.io.adapter import ADAPTER_SUBDIR
 from .lora import write_adapter
 from nemodiff_jax.io.jax_format import np_dtype
@@ -66,8 +66,7 @@ def export_model(
     cfg = model.config
 
     def get(spec: ParamSpec) -> np.ndarray:
-        leaf = get_path(model.params, spec.path)
-        return spec.to_hf(np.asarray(leaf if spec.layer is None else leaf[spec.layer]))
+        return spec.to_hf(np.asarray(spec_array(model.params, spec)))  # either layout
 
     src = Path(model.path) if model.path else None
     return _export(cfg, get, out, {}, parse_size(max_shard_size), dtype, force, False, src, cfg.dtype, None)

@@ -84,10 +84,11 @@ def parse_mesh(text: str | tuple[int, int]) -> tuple[int, int]:
 
 def abstract_weights(cfg: NLDConfig, dtype: str) -> dict:
     """The parameter tree as ``ShapeDtypeStruct`` leaves: ``cfg`` in ``dtype`` (``"int8"``: bf16
-    with the linear kernels as int8 values and float32 per-channel scales, as ``load(quantize=)``)."""
+    with the linear kernels as int8 values and float32 per-channel scales, as ``load(quantize=)``),
+    one subtree per layer as ``load`` returns it (model/layout.py)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    base = abstract_params(cfg.replace(dtype="bfloat16" if dtype == "int8" else dtype))
+    base = abstract_params(cfg.replace(dtype="bfloat16" if dtype == "int8" else dtype), stacked=False)
     return _quantized(base) if dtype == "int8" else base
 
 
@@ -95,9 +96,11 @@ def _quantized(tree, prefix: str = ""):
     out = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if name in quantize.CONTRACTING:
+        rule = re.sub(r"^layers_\d+\.", "layers.", name)  # per-layer leaves (model/layout.py)
+        if rule in quantize.CONTRACTING:
             out[key] = jax.eval_shape(
-                lambda w, n=name: quantize.quantize_leaf(w, quantize.CONTRACTING[n], n.startswith("layers.")), value)
+                lambda w, n=name, r=rule: quantize.quantize_leaf(w, quantize.CONTRACTING[r], n.startswith("layers.")),
+                value)
         elif isinstance(value, dict):
             out[key] = _quantized(value, name + ".")
         else:
@@ -107,7 +110,7 @@ def _quantized(tree, prefix: str = ""):
 
 def _compile_weights(cfg: NLDConfig, dtype: str) -> dict:
     """What the float32 compile takes: float32 weights, or int8 kernels with float32 neighbours."""
-    f32 = abstract_params(cfg.replace(dtype="float32"))
+    f32 = abstract_params(cfg.replace(dtype="float32"), stacked=False)
     return _quantized(f32) if dtype == "int8" else f32
 
 

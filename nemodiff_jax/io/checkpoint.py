@@ -10,6 +10,7 @@ import numpy as np
 
 from ..model.config import NLDConfig
 from ..model.forward import Model
+from ..model.layout import is_stacked, unstack_layers
 
 EMBEDDED_DIR = Path(__file__).parent.parent / "assets" / "embedded"
 
@@ -45,6 +46,7 @@ def load(
     mesh=None,
     fsdp: bool = False,
     quantize: str | None = None,
+    stacked: bool = False,
 ) -> Model:
     """Load a model: ``"embedded"``, a directory written by the port script, or an HF NLD directory.
 
@@ -52,8 +54,10 @@ def load(
     each weight is read straight into its sharding by the rules of :mod:`nemodiff_jax.model.sharding`
     (:mod:`.sharded`); ``fsdp`` also splits the weights' hidden dimension over ``"data"``.
     ``quantize="int8"``: the linear kernels in int8 with per-output-channel scales
-    (:mod:`nemodiff_jax.model.quantize`), quantized leaf by leaf after reading."""
-    model = load_model(path, dtype=dtype, attention_impl=attention_impl, mesh=mesh, fsdp=fsdp)
+    (:mod:`nemodiff_jax.model.quantize`), quantized leaf by leaf after reading.
+    ``stacked``: keep the layers' weights stacked (the training layout) instead of one subtree
+    per layer, the layout decoding runs fastest on (:mod:`nemodiff_jax.model.layout`)."""
+    model = load_model(path, dtype=dtype, attention_impl=attention_impl, mesh=mesh, fsdp=fsdp, stacked=stacked)
     if quantize is not None:
         from ..model.quantize import quantize_model
 
@@ -61,7 +65,8 @@ def load(
     return model
 
 
-def load_model(path, dtype: str | None = None, attention_impl: str | None = None, mesh=None, fsdp: bool = False) -> Model:
+def load_model(path, dtype: str | None = None, attention_impl: str | None = None, mesh=None, fsdp: bool = False,
+               *, stacked: bool = False) -> Model:
 
     directory = resolve(path)
     overrides = {}
@@ -79,26 +84,31 @@ def load_model(path, dtype: str | None = None, attention_impl: str | None = None
     else:
         cfg, params = read_hf(directory, dtype=dtype, **overrides)
     check_finite(cfg, params, str(directory))
+    if not stacked:  # one subtree per layer, each stacked leaf freed once sliced
+        params = unstack_layers(params, consume=True)
     return Model(cfg, params, load_tokenizer(directory, cfg), str(directory))
 
 
 def check_finite(cfg: NLDConfig, params, where: str = "checkpoint") -> None:
     """A CheckpointError naming the first tensor (HF name, layer included) holding NaN or Inf.
 
-    One reduction per leaf on the device; only a bad leaf is searched layer by layer."""
+    One reduction per leaf on the device (per layer in the per-layer layout); only a bad stacked
+    leaf is searched layer by layer."""
     import jax
 
-    from .keymap import CheckpointError, get_path, hf_param_specs
+    from .keymap import CheckpointError, get_path, hf_param_specs, spec_array
     from ..guard import nonfinite_count
 
+    stacked = is_stacked(params)
     leaf_ok: dict[tuple, bool] = {}
     for spec in hf_param_specs(cfg, include_lora=cfg.lora_rank > 0):
-        leaf = get_path(params, spec.path)
-        if spec.path not in leaf_ok:
-            leaf_ok[spec.path] = bool(jax.numpy.isfinite(leaf).all())
-        if leaf_ok[spec.path]:
+        leaf = get_path(params, spec.path) if stacked else spec_array(params, spec)
+        key = spec.path if stacked else (spec.path, spec.layer)
+        if key not in leaf_ok:
+            leaf_ok[key] = bool(jax.numpy.isfinite(leaf).all())
+        if leaf_ok[key]:
             continue
-        count = nonfinite_count(leaf if spec.layer is None else leaf[spec.layer])
+        count = nonfinite_count(spec_array(params, spec))
         if count:
             raise CheckpointError([f"non-finite weights: {spec.hf_name} holds {count} NaN/Inf value(s) "
                                    "(a corrupt or diverged checkpoint; it would decode garbage)"], where)

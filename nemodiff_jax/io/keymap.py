@@ -234,9 +234,16 @@ def get_path(tree: dict, path: tuple[str, ...]):
     return tree
 
 
+def spec_array(params: dict, spec: ParamSpec):
+    """The array ``spec`` names in ``params`` (its layer's slice), stacked or per-layer layout
+    (:mod:`nemodiff_jax.model.layout`)."""
+    if spec.layer is not None and spec.path[0] == "layers" and "layers" not in params:
+        return get_path(params[f"layers_{spec.layer}"], spec.path[1:])
+    node = get_path(params, spec.path)
+    return node if spec.layer is None else node[spec.layer]
+
+
 def iter_hf_tensors(cfg: NLDConfig, params: dict, include_lora: bool | None = None) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(canonical HF name, [out, in] array)`` for every tensor of ``params``."""
+    """Yield ``(canonical HF name, [out, in] array)`` for every tensor of ``params`` (either layout)."""
     for spec in hf_param_specs(cfg, include_lora):
-        node = get_path(params, spec.path)
-        arr = np.asarray(node if spec.layer is None else node[spec.layer])
-        yield spec.hf_name, spec.to_hf(arr)
+        yield spec.hf_name, spec.to_hf(np.asarray(spec_array(params, spec)))

@@ -22,6 +22,7 @@ from .config import NLDConfig
 from .masks import AttentionPolicy
 from .layers import NLDModel
 from .layers import final_logits as _final_logits
+from .layout import is_stacked, unstack_layers
 
 MODES = ("causal", "bidirectional")
 
@@ -43,14 +44,18 @@ class Model:
         return self.config.lora_rank > 0
 
 
-def init_params(cfg: NLDConfig, seed: int = 0):
-    """Random parameters (normal std 0.02, norms at one, LoRA B at zero)."""
-    return _init(cfg, jax.random.key(seed))
+def init_params(cfg: NLDConfig, seed: int = 0, *, stacked: bool = True):
+    """Random parameters (normal std 0.02, norms at one, LoRA B at zero), stacked or per layer
+    (:mod:`.layout`; the same values either way)."""
+    params = _init(cfg, jax.random.key(seed))
+    return params if stacked else unstack_layers(params, consume=True)
 
 
-def abstract_params(cfg: NLDConfig):
-    """Shapes and dtypes of the parameter tree without allocating it."""
-    return jax.eval_shape(lambda: _init(cfg, jax.random.key(0)))
+def abstract_params(cfg: NLDConfig, *, stacked: bool = True):
+    """Shapes and dtypes of the parameter tree without allocating it (per layer: the layout
+    ``nemodiff_jax.load`` returns and decoding runs on)."""
+    params = jax.eval_shape(lambda: _init(cfg, jax.random.key(0)))
+    return params if stacked else unstack_layers(params)
 
 
 def _init(cfg: NLDConfig, key):
@@ -76,11 +81,15 @@ def forward(
 ) -> tuple[Float[Array, "B ..."], KVCache | None]:
     """The shared forward: float32 logits and the cache with the window written at ``prefix_len``.
 
+    ``params`` in either layout of :mod:`.layout` (stacked: one scanned layer; per layer: no
+    weight is sliced, the fast one for decoding).
+
     Logits ``[B, Q, V]`` of the whole window by default; with ``logits_at`` (int ``[B]`` or
     ``[B, K]`` window indices) only those rows' logits, ``[B, V]`` or ``[B, K, V]``, so the
     norm and the head run on ``B`` (or ``B x K``) hidden states instead of ``B x Q``.
     """
-    return NLDModel(cfg).apply({"params": params}, tokens, positions, policy, cache, lora, logits_at=logits_at)
+    return NLDModel(cfg, is_stacked(params)).apply({"params": params}, tokens, positions, policy, cache, lora,
+                                                   logits_at=logits_at)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -97,7 +106,8 @@ def forward_hidden(
 
     :func:`final_logits` turns (gathered) hidden states into the logits ``forward`` gives.
     """
-    return NLDModel(cfg).apply({"params": params}, tokens, positions, policy, cache, lora, head=False)
+    return NLDModel(cfg, is_stacked(params)).apply({"params": params}, tokens, positions, policy, cache, lora,
+                                                   head=False)
 
 
 def final_logits(params, cfg: NLDConfig, hidden) -> jax.Array:

@@ -3,7 +3,8 @@
 The model knows nothing of decoding modes. It takes tokens, their absolute positions, an
 attention policy (:mod:`masks`), an optional static KV cache (:mod:`cache`) and a traced
 LoRA switch, and returns float32 logits and the cache with the window's K/V written.
-Layers are scanned (parameters stacked on a leading layer axis) so deep models compile once.
+Layers are scanned (parameters stacked on a leading layer axis) so deep models compile once, or,
+with one parameter subtree per layer, run in a Python loop so a decode step copies no weights.
 """
 
 from __future__ import annotations
@@ -144,9 +145,15 @@ class NLDModel(nn.Module):
     ``logits_at`` (int ``[B]`` or ``[B, K]`` window indices): logits only at those rows
     (``[B, V]`` or ``[B, K, V]``). ``head=False``: no norm or head at all; the first result is
     the last layer's hidden states ``[B, Q, H]`` (see :func:`final_logits`).
+
+    ``scan_layers``: the layers' weights stacked under ``layers`` and run by one ``nn.scan``
+    (training, one compiled layer body), or one subtree per layer, ``layers_0 ...``, run in a
+    Python loop (decoding: a scan slices each layer's weights out of the stack, and XLA copies
+    those slices every forward; :mod:`.layout` converts between the two).
     """
 
     cfg: NLDConfig
+    scan_layers: bool = True
 
     @nn.compact
     def __call__(
@@ -165,15 +172,21 @@ class NLDModel(nn.Module):
         x = constrain(jnp.take(embed, tokens, axis=0), HIDDEN_AXES)  # rows over "data" under a mesh
         cos, sin = cos_sin(c, positions)
         qscale = llama4_query_scale(c, positions)
-        layers = nn.scan(
-            DecoderLayer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=c.num_layers,
-        )(c, name="layers")
         kv = None if cache is None else (cache.k, cache.v)
-        (x, new_kv), _ = layers((x, kv), jnp.arange(c.num_layers, dtype=jnp.int32), cos, sin, qscale, policy, lora)
+        if self.scan_layers:
+            layers = nn.scan(
+                DecoderLayer,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=c.num_layers,
+            )(c, name="layers")
+            (x, new_kv), _ = layers((x, kv), jnp.arange(c.num_layers, dtype=jnp.int32), cos, sin, qscale, policy, lora)
+        else:  # per-layer weights (layout.py): each layer reads its own arrays, nothing is sliced
+            carry = (x, kv)
+            for i in range(c.num_layers):
+                carry, _ = DecoderLayer(c, name=f"layers_{i}")(carry, i, cos, sin, qscale, policy, lora)
+            x, new_kv = carry
         new_cache = None if cache is None else cache.replace(k=new_kv[0], v=new_kv[1])
         if not head:
             return x, new_cache

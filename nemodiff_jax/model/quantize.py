@@ -15,6 +15,8 @@ matmul), the norms and the draft LoRA (small).
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 
@@ -74,8 +76,9 @@ def quantize_params(params, mode: str = "int8"):
     def walk(node, prefix):
         for key, value in list(node.items()):
             name = f"{prefix}{key}"
-            if name in CONTRACTING and not is_quantized(value):
-                node[key] = jax.block_until_ready(quantize_leaf(value, CONTRACTING[name], name.startswith("layers.")))
+            rule = re.sub(r"^layers_\d+\.", "layers.", name)  # a per-layer leaf (layout.py): no layer axis
+            if rule in CONTRACTING and not is_quantized(value):
+                node[key] = jax.block_until_ready(quantize_leaf(value, CONTRACTING[rule], name.startswith("layers.")))
             elif isinstance(value, dict) and not is_quantized(value):
                 node[key] = dict(value)
                 walk(node[key], name + ".")

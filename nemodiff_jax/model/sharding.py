@@ -21,6 +21,7 @@ Meshes must use ``AxisType.Auto`` axes (:func:`make_mesh` does): ``jax.make_mesh
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any
 
 import jax
@@ -41,7 +42,7 @@ RULES: dict[str, str | None] = {
 FSDP_RULES: dict[str, str | None] = {**RULES, "embed": DATA}
 
 # Parameter leaf (dotted path) -> logical axes of its per-layer shape; stacked leaves under
-# ``layers.`` get an unsharded layer axis in front.
+# ``layers.`` get an unsharded layer axis in front, per-layer ones (``layers_3.``) none.
 PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     "embed_tokens": ("vocab", "embed"),
     "layers.input_layernorm.scale": (None,),
@@ -106,10 +107,13 @@ def leaf_axes(name: str, ndim: int) -> tuple[str | None, ...]:
     """Logical axes of the parameter leaf ``name`` (dotted path) with ``ndim`` dimensions."""
     # int8 kernels (quantize.py): the values and their keepdims scales follow the kernel's rule
     base = name.removesuffix(".qvalue").removesuffix(".scale_q")
+    per_layer = re.match(r"layers_\d+\.", base)  # the per-layer layout (layout.py): no layer axis
+    if per_layer:
+        base = "layers." + base[per_layer.end():]
     if base not in PARAM_AXES:
         raise KeyError(f"no sharding rule for parameter {name!r}")
     axes = PARAM_AXES[base]
-    if base.startswith("layers."):
+    if base.startswith("layers.") and not per_layer:
         axes = (None, *axes)
     if len(axes) != ndim:
         raise ValueError(f"parameter {name!r} has {ndim} dims but its rule names {len(axes)}")

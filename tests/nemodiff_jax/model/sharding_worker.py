@@ -54,8 +54,8 @@ def main() -> None:
         logits = np.asarray(nd.forward_logits(model, ids))
         shards = {
             name: sorted({tuple(s.data.shape) for s in leaf.addressable_shards})
-            for name, leaf in [("k_proj", model.params["layers"]["self_attn"]["k_proj"]),
-                               ("q_proj", model.params["layers"]["self_attn"]["q_proj"]),
+            for name, leaf in [("k_proj", model.params["layers_0"]["self_attn"]["k_proj"]),
+                               ("q_proj", model.params["layers_0"]["self_attn"]["q_proj"]),
                                ("embed_tokens", model.params["embed_tokens"])]
         }
         if shape == "2x4" and not fsdp and "linear_spec" in modes:  # streaming on the mesh too
@@ -78,7 +78,7 @@ def main() -> None:
         flat = dict(jax.tree_util.tree_leaves_with_path(conv.params))
         report["converted"] = {
             "equal": all(np.array_equal(np.asarray(v), np.asarray(flat[k])) for k, v in flat_ref),
-            "spec_q": str(conv.params["layers"]["self_attn"]["q_proj"].sharding.spec),
+            "spec_q": str(conv.params["layers_0"]["self_attn"]["q_proj"].sharding.spec),
         }
     print("REPORT " + json.dumps(report))
 
