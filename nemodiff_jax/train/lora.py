@@ -31,6 +31,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from ..model import masks
 from ..model.forward import forward
 from ..model.config import NLDConfig
+from ..model.layout import stack_layers
 from .objective import token_ce
 
 LORA_KEYS = ("lora_a", "lora_b")
@@ -142,10 +143,11 @@ def make_lora_step(cfg: NLDConfig, lc: LoraConfig, opt):
 
 
 def train_draft_lora(cfg: NLDConfig, params, lc: LoraConfig, source, log_path: str | Path | None = None):
-    """Train only the LoRA tensors of ``params``; returns the full parameter tree."""
+    """Train only the LoRA tensors of ``params`` (either layout; a per-layer tree from ``load`` is
+    stacked first); returns the full parameter tree, stacked."""
     from .data import prefetch
 
-    params = ensure_lora(cfg, params, lc.seed)
+    params = ensure_lora(cfg, stack_layers(params), lc.seed)
     base, lora = split_lora(params)
     sched = optax.warmup_cosine_decay_schedule(0.0, lc.lr, max(1, lc.warmup_steps), max(lc.steps, lc.warmup_steps + 1), lc.lr * 0.1)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b1=0.9, b2=0.98, weight_decay=0.0))
