@@ -52,7 +52,9 @@ def test_per_row_knobs_equal_each_value_alone():
 
 def test_no_recompile_across_per_row_knobs_and_slots():
     m = tiny_model()
-    kw = dict(mode="linear_spec", max_new_tokens=12, block_length=4, batch_size=4)
+    # 8 rows through 3 slots, the shapes and static knobs of test_slots_with_refill_equal_prompts_alone
+    # (linear_spec): the first call reuses that program, only the sweep below is under test
+    kw = dict(mode="linear_spec", max_new_tokens=12, block_length=4, batch_size=3)
     generate(m, ROWS, **kw)
     size = engine.decode._cache_size()
     for i, (t, thr, seed) in enumerate([(0.0, 0.5, 1), (1.3, 0.0, 2), ([0.0, 0.7] * 4, [0.2] * 8, SEEDS)]):
