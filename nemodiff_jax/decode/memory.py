@@ -44,7 +44,7 @@ def decode_shapes(mode: str, prompt: int, new: int, block_length: int) -> dict:
 
 def lower_decode(cfg: NLDConfig, *, mode: str, batch: int, prompt: int, new: int, block_length: int | None = None):
     """``(lowered, shapes)``: the engine's jitted decode for ``mode`` lowered on abstract params and prompts."""
-    return lower_decode_on(cfg, abstract_params(cfg, stacked=False), mode=mode, batch=batch, prompt=prompt, new=new,
+    return lower_decode_on(cfg, abstract_params(cfg), mode=mode, batch=batch, prompt=prompt, new=new,
                            block_length=block_length)
 
 

@@ -84,11 +84,10 @@ def parse_mesh(text: str | tuple[int, int]) -> tuple[int, int]:
 
 def abstract_weights(cfg: NLDConfig, dtype: str) -> dict:
     """The parameter tree as ``ShapeDtypeStruct`` leaves: ``cfg`` in ``dtype`` (``"int8"``: bf16
-    with the linear kernels as int8 values and float32 per-channel scales, as ``load(quantize=)``),
-    one subtree per layer as ``load`` returns it (model/layout.py)."""
+    with the linear kernels as int8 values and float32 per-channel scales, as ``load(quantize=)``)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    base = abstract_params(cfg.replace(dtype="bfloat16" if dtype == "int8" else dtype), stacked=False)
+    base = abstract_params(cfg.replace(dtype="bfloat16" if dtype == "int8" else dtype))
     return _quantized(base) if dtype == "int8" else base
 
 
@@ -110,7 +109,7 @@ def _quantized(tree, prefix: str = ""):
 
 def _compile_weights(cfg: NLDConfig, dtype: str) -> dict:
     """What the float32 compile takes: float32 weights, or int8 kernels with float32 neighbours."""
-    f32 = abstract_params(cfg.replace(dtype="float32"), stacked=False)
+    f32 = abstract_params(cfg.replace(dtype="float32"))
     return _quantized(f32) if dtype == "int8" else f32
 
 

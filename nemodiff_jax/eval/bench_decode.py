@@ -14,6 +14,8 @@ prompt ids), same weights, greedy, for every side:
   ``batch_prompts`` prompts in one call with ``batch_size=S`` when :func:`nemodiff_jax.generate`
   accepts it, else in one plain call, marked "one call"), for ``ar``, ``diffusion``
   (threshold 0.9, no LoRA), ``linear_spec`` (no LoRA), ``linear_spec+lora`` and ``quadratic_spec``;
+* for context, ``ar`` and ``linear_spec+lora`` at batch 1 on the per-layer parameter layout
+  (``<mode>_per_layer/1``, :mod:`nemodiff_jax.model.layout`: no weight copies per forward);
 * the torch twin (:mod:`nemodiff_jax.eval.torch_twin`: transformers' Ministral3 from an HF
   export of the same model, DynamicCache + crop, Python loop, batch 1): ``twin_ar/1``,
   ``twin_linear_spec/1`` (the released algorithm: prefill, then draft + verify cycles) and
@@ -47,10 +49,16 @@ OURS = {
     "linear_spec+lora": {"mode": "linear_spec", "lora": True},
     "quadratic_spec": {"mode": "quadratic_spec"},
 }
+# Context: the same modes on the per-layer parameter layout (model/layout.py), batch 1 only.
+PER_LAYER = {
+    "ar_per_layer": OURS["ar"],
+    "linear_spec+lora_per_layer": OURS["linear_spec+lora"],
+}
 TORCH = ("twin_ar", "twin_linear_spec", "twin_linear_spec_fused", "hf_generate")
 SIDES = (
     *(f"{m}/1" for m in OURS),
     *(f"{m}/slots" for m in OURS),
+    *(f"{m}/1" for m in PER_LAYER),
     *(f"{t}/1" for t in TORCH),
 )
 # (name, numerator side, denominator side, target or None): the issue's targets, plus context.
@@ -65,6 +73,9 @@ RATIOS = (
     ("our linear_spec no-LoRA / our AR (context)", "linear_spec/1", "ar/1", None),
     ("linear_spec no-LoRA / twin with our fused start (same forwards; context)", "linear_spec/1",
      "twin_linear_spec_fused/1", None),
+    ("our AR, per-layer weights / our AR (context)", "ar_per_layer/1", "ar/1", None),
+    ("linear_spec+lora / our AR, both on per-layer weights (context)", "linear_spec+lora_per_layer/1",
+     "ar_per_layer/1", None),
 )
 
 
@@ -115,6 +126,10 @@ def _runner(side: str, model, twin, prompts_1, prompts_s, max_new_tokens: int, b
     name, where = side.split("/")
     cfg = model.config
     eos, mask = cfg.eos_token_id, cfg.mask_token_id
+    if name in PER_LAYER:  # the same decode on one parameter subtree per layer
+        from ..model.layout import unstack_layers
+
+        model, name = model.replace(params=unstack_layers(model.params)), name.removesuffix("_per_layer")
     if name in OURS:
         kw = dict(OURS[name], max_new_tokens=max_new_tokens)
         if kw["mode"] != "ar":
@@ -130,7 +145,8 @@ def _runner(side: str, model, twin, prompts_1, prompts_s, max_new_tokens: int, b
                     nfe += r.nfe
                 return toks, nfe, len(prompts_1)
 
-            return f"ours {name}, one prompt per call", prompts_1, run
+            layout = "" if side.split("/")[0] in OURS else ", per-layer weights"
+            return f"ours {name}, one prompt per call{layout}", prompts_1, run
         extra = {"batch_size": slots} if slots_ok else {}
 
         def run():

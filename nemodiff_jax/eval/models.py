@@ -13,7 +13,6 @@ import numpy as np
 
 from ..io.checkpoint import load
 from ..model.forward import Model, abstract_params
-from ..model.layout import unstack_layers
 from ..model.config import NLDConfig
 
 
@@ -34,8 +33,7 @@ def random_model(preset: str = "tiny", seed: int = 0, head_scale: float = 30.0, 
         return w.astype(x.dtype)
 
     params = jax.tree_util.tree_map_with_path(leaf, abstract_params(cfg))
-    params = unstack_layers(jax.tree.map(jax.numpy.asarray, params), consume=True)  # the layout load gives
-    return Model(cfg, params, None, f"random:{preset}")
+    return Model(cfg, jax.tree.map(jax.numpy.asarray, params), None, f"random:{preset}")
 
 
 def load_model(spec: str = "embedded", dtype: str | None = None) -> Model:

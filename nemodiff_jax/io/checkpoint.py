@@ -46,7 +46,7 @@ def load(
     mesh=None,
     fsdp: bool = False,
     quantize: str | None = None,
-    stacked: bool = False,
+    stacked: bool = True,
 ) -> Model:
     """Load a model: ``"embedded"``, a directory written by the port script, or an HF NLD directory.
 
@@ -55,8 +55,10 @@ def load(
     (:mod:`.sharded`); ``fsdp`` also splits the weights' hidden dimension over ``"data"``.
     ``quantize="int8"``: the linear kernels in int8 with per-output-channel scales
     (:mod:`nemodiff_jax.model.quantize`), quantized leaf by leaf after reading.
-    ``stacked``: keep the layers' weights stacked (the training layout) instead of one subtree
-    per layer, the layout decoding runs fastest on (:mod:`nemodiff_jax.model.layout`)."""
+    ``stacked=False``: one subtree per layer instead of the stacked (scanned) layout; on CPU a
+    decode step then copies no weights (AR about 1.9x faster on the shipped model), at the cost
+    of longer compiles and more temporaries per layer for deep models (docs/DESIGN.md,
+    "Parameter layouts")."""
     model = load_model(path, dtype=dtype, attention_impl=attention_impl, mesh=mesh, fsdp=fsdp, stacked=stacked)
     if quantize is not None:
         from ..model.quantize import quantize_model
@@ -66,7 +68,7 @@ def load(
 
 
 def load_model(path, dtype: str | None = None, attention_impl: str | None = None, mesh=None, fsdp: bool = False,
-               *, stacked: bool = False) -> Model:
+               *, stacked: bool = True) -> Model:
 
     directory = resolve(path)
     overrides = {}

@@ -52,8 +52,8 @@ def init_params(cfg: NLDConfig, seed: int = 0, *, stacked: bool = True):
 
 
 def abstract_params(cfg: NLDConfig, *, stacked: bool = True):
-    """Shapes and dtypes of the parameter tree without allocating it (per layer: the layout
-    ``nemodiff_jax.load`` returns and decoding runs on)."""
+    """Shapes and dtypes of the parameter tree without allocating it (stacked, or per layer as
+    ``load(..., stacked=False)`` gives it)."""
     params = jax.eval_shape(lambda: _init(cfg, jax.random.key(0)))
     return params if stacked else unstack_layers(params)
 
@@ -82,7 +82,7 @@ def forward(
     """The shared forward: float32 logits and the cache with the window written at ``prefix_len``.
 
     ``params`` in either layout of :mod:`.layout` (stacked: one scanned layer; per layer: no
-    weight is sliced, the fast one for decoding).
+    weight is sliced, faster decode steps on CPU).
 
     Logits ``[B, Q, V]`` of the whole window by default; with ``logits_at`` (int ``[B]`` or
     ``[B, K]`` window indices) only those rows' logits, ``[B, V]`` or ``[B, K, V]``, so the

@@ -4,10 +4,11 @@
   run by one ``nn.scan``. Training and checkpoints use it: one compiled layer body, one array per
   weight.
 * **per-layer**: ``params["layers_0"] ... params["layers_{L-1}"]``, one subtree per layer, run in
-  a Python loop. Decoding uses it (``nemodiff_jax.load`` returns it): a scan reads layer ``i`` as
+  a Python loop (``nemodiff_jax.load(..., stacked=False)``). A scan reads layer ``i`` as
   ``dynamic_slice(stack, i)``, and XLA on CPU materialises that slice, i.e. copies every weight
-  of the model once per forward. For a 1-token decode step that copy was most of the step
-  (docs/DESIGN.md, "Parameter layouts").
+  of the model once per forward; for a 1-token decode step that copy was most of the step. Not
+  the default: deep models compile longer, and the unrolled decode keeps more temporaries per
+  layer (docs/DESIGN.md, "Parameter layouts").
 
 Both layouts hold the same arrays and give the same logits; :func:`~.forward.forward` takes
 either. The conversions go leaf by leaf and, for a tree the caller hands over, free each source

@@ -67,7 +67,7 @@ def initial_state(tc: TrainConfig, opt) -> dict:
     if tc.init_from:
         from ..io.checkpoint import load
 
-        m = load(tc.init_from, dtype=tc.model.dtype, stacked=True)  # the scanned training layout
+        m = load(tc.init_from, dtype=tc.model.dtype)
         params = m.params
         if tc.model.lora_rank == 0 and "lora_a" in params["layers"]["self_attn"]:
             # config.json carries no LoRA (the adapter does), so the checkpoint template

@@ -197,7 +197,7 @@ def run_from_dict(raw: dict[str, Any]):
     data = _build(DataConfig, data, "train config section 'data':")
     out = guard.writable_dir(raw.get("out_dir", "runs/draft_lora"), "out_dir")
     src_dir = resolve(raw["init_from"])
-    model = load(src_dir, dtype=raw.get("dtype", "float32"), stacked=True)  # the scanned training layout
+    model = load(src_dir, dtype=raw.get("dtype", "float32"))
     cfg = model.config
     if cfg.lora_rank == 0:
         cfg = cfg.replace(lora_rank=int(raw.get("lora_rank", 16)), lora_alpha=float(raw.get("lora_alpha", 64.0)))

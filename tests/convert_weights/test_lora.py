@@ -13,7 +13,6 @@ import nemodiff_jax as nd
 from convert_weights.__main__ import main
 from convert_weights.convert import convert_hf
 from convert_weights.export import export_hf
-from nemodiff_jax.model.layout import stack_layers
 
 from .helpers import bits, make_lora, save_checkpoint, torch_logits_with_lora
 
@@ -31,7 +30,7 @@ def base(ref, tmp_path_factory):
 
 def _check_model(model, ref, ids, want_lora):
     assert model.has_lora and model.config.lora_rank == RANK and model.config.lora_scale == ALPHA / RANK
-    sa = stack_layers(model.params)["layers"]["self_attn"]  # load gives one subtree per layer
+    sa = model.params["layers"]["self_attn"]
     assert sa["lora_a"].shape == (2, 64, RANK) and sa["lora_b"].shape == (2, RANK, 64)
     got = np.asarray(nd.forward_logits(model, ids, mode="bidirectional", lora=True))
     assert np.abs(got - want_lora).max() < 1e-4
@@ -91,7 +90,7 @@ def test_bf16_base_keeps_fp32_adapter_on_disk(ref, base, tmp_path):
     out = convert_hf(src16, tmp_path / "jax", lora=adapter, progress=False)
     assert json.loads((out / "manifest.json").read_text())["lora"]["dtype"] == "float32"
     model = nd.load(out)
-    assert model.params["layers_0"]["self_attn"]["lora_a"].dtype == np.dtype("bfloat16")  # cast at load, like the base
+    assert model.params["layers"]["self_attn"]["lora_a"].dtype == np.dtype("bfloat16")  # cast at load, like the base
     hf = export_hf(out, tmp_path / "hf", progress=False)
     got, orig = load_file(str(hf / "linear_spec_lora/adapter_model.safetensors")), load_file(str(adapter / "adapter_model.safetensors"))
     assert all(bits(got[k]) == bits(orig[k]) for k in orig)

@@ -71,7 +71,7 @@ def test_bench_smoke(model, tmp_path):
         assert e["tokens"] > 0 and e["forwards"] > 0 and e["tok_per_s"] > 0 and e["tpf"] > 0, s
         assert e["timed_compiles"] == 0, s
     # the lossless sides decode exactly what our AR decodes
-    for s in ("linear_spec/1", "linear_spec+lora/1", "twin_ar/1", "twin_linear_spec/1", "twin_linear_spec_fused/1",
+    for s in ("linear_spec/1", "linear_spec+lora/1", "ar_per_layer/1", "linear_spec+lora_per_layer/1", "twin_ar/1", "twin_linear_spec/1", "twin_linear_spec_fused/1",
               "hf_generate/1"):
         assert res["sides"][s]["identical_to_ar"] == 1.0, s
     assert {r["name"] for r in res["ratios"]} == {r[0] for r in bench_decode.RATIOS}

@@ -65,7 +65,7 @@ def main() -> None:
     print("REPORT " + json.dumps({
         "devices": jax.device_count(), "eval_rows": len(base), "eval_same": base == got,
         "eval_diff": [(a, b) for a, b in zip(base, got) if a != b][:3],
-        "params_sharded": str(sharded.params["layers_0"]["self_attn"]["q_proj"].sharding.spec),
+        "params_sharded": str(sharded.params["layers"]["self_attn"]["q_proj"].sharding.spec),
         "loss": [loss1, loss8], "step_err": step_err, "step_moved": moved,
     }))
 

@@ -54,8 +54,8 @@ def main() -> None:
         logits = np.asarray(nd.forward_logits(model, ids))
         shards = {
             name: sorted({tuple(s.data.shape) for s in leaf.addressable_shards})
-            for name, leaf in [("k_proj", model.params["layers_0"]["self_attn"]["k_proj"]),
-                               ("q_proj", model.params["layers_0"]["self_attn"]["q_proj"]),
+            for name, leaf in [("k_proj", model.params["layers"]["self_attn"]["k_proj"]),
+                               ("q_proj", model.params["layers"]["self_attn"]["q_proj"]),
                                ("embed_tokens", model.params["embed_tokens"])]
         }
         if shape == "2x4" and not fsdp and "linear_spec" in modes:  # streaming on the mesh too
@@ -71,6 +71,14 @@ def main() -> None:
             "per_device_bytes": sharding.per_device_bytes(model.params),
             "total_bytes": int(sum(x.nbytes for x in jax.tree.leaves(model.params))),
         })
+    # the per-layer layout (model/layout.py) on the 2-D mesh: slices keep their shardings, AR is unchanged
+    per = nd.load("embedded", mesh=sharding.make_mesh("2x4"), stacked=False)
+    report["per_layer"] = {
+        "same_ar": run(per, ("ar",), args.new)["ar"] == base["ar"],
+        "logit_err": float(np.abs(np.asarray(nd.forward_logits(per, ids)) - base_logits).max()),
+        "q_proj_shards": sorted({tuple(s.data.shape) for s in per.params["layers_0"]["self_attn"]["q_proj"].addressable_shards}),
+        "q_proj_spec": str(per.params["layers_0"]["self_attn"]["q_proj"].sharding.spec),
+    }
     if args.converted:
         mesh = sharding.make_mesh("2x4")
         conv = nd.load(args.converted, mesh=mesh)
@@ -78,7 +86,7 @@ def main() -> None:
         flat = dict(jax.tree_util.tree_leaves_with_path(conv.params))
         report["converted"] = {
             "equal": all(np.array_equal(np.asarray(v), np.asarray(flat[k])) for k, v in flat_ref),
-            "spec_q": str(conv.params["layers_0"]["self_attn"]["q_proj"].sharding.spec),
+            "spec_q": str(conv.params["layers"]["self_attn"]["q_proj"].sharding.spec),
         }
     print("REPORT " + json.dumps(report))
 

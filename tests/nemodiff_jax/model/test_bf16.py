@@ -23,7 +23,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bf16(checkpoint):
     model = nd.load(checkpoint, dtype="bfloat16")
-    assert model.params["layers_0"]["mlp"]["up_proj"].dtype == jnp.bfloat16
+    assert model.params["layers"]["mlp"]["up_proj"].dtype == jnp.bfloat16
     return model
 
 

@@ -111,10 +111,10 @@ def test_sharding_rules_drop_the_layer_axis_per_layer():
         sharding.leaf_axes("layers_0.mlp.nope", 2)
 
 
-def test_load_returns_per_layer_unless_stacked(tmp_path):
-    m = nd.load("embedded")
+def test_load_per_layer_on_request(tmp_path):
+    m = nd.load("embedded", stacked=False)
     assert not is_stacked(m.params) and len(layer_keys(m.params)) == m.config.num_layers
-    s = nd.load("embedded", stacked=True)
+    s = nd.load("embedded")
     assert is_stacked(s.params) and _equal(stack_layers(m.params), s.params)
     ids = np.array([[1, 381, 33, 298, 285, 293]])
     np.testing.assert_array_equal(nd.forward_logits(m, ids, "bidirectional", lora=True),

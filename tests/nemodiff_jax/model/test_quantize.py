@@ -31,7 +31,7 @@ def test_per_output_channel_scales_round_trip():
 
 def test_int8_memory_and_logit_error(models):
     fp, q = models
-    assert q.params["layers_0"]["mlp"]["up_proj"]["qvalue"].dtype == jnp.int8
+    assert q.params["layers"]["mlp"]["up_proj"]["qvalue"].dtype == jnp.int8
     assert q.params["embed_tokens"].dtype == fp.params["embed_tokens"].dtype  # the gather stays
     ratio = param_bytes(q.params) / param_bytes(fp.params)
     assert ratio < 0.4, ratio  # fp32 -> int8 on the linears (the embedding is kept): 0.376 measured

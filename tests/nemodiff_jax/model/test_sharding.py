@@ -79,19 +79,25 @@ def test_weights_live_where_the_rules_say(report):
     runs = {(r["mesh"], r["fsdp"]): r for r in report["runs"]}
     r24 = runs[("2x4", False)]
     # embedded: 8 q heads, 4 kv heads, vocab 2048, hidden 192
-    assert r24["shards"]["q_proj"] == [[192, 2, 24]]
-    assert r24["shards"]["k_proj"] == [[192, 1, 24]]
+    assert r24["shards"]["q_proj"] == [[4, 192, 2, 24]]
+    assert r24["shards"]["k_proj"] == [[4, 192, 1, 24]]
     assert r24["shards"]["embed_tokens"] == [[512, 192]]
     r18 = runs[("1x8", False)]
-    assert r18["shards"]["k_proj"] == [[192, 4, 24]]  # 4 kv heads on 8: replicated
-    assert r18["shards"]["q_proj"] == [[192, 1, 24]]
+    assert r18["shards"]["k_proj"] == [[4, 192, 4, 24]]  # 4 kv heads on 8: replicated
+    assert r18["shards"]["q_proj"] == [[4, 192, 1, 24]]
     assert runs[("8x1", False)]["per_device_bytes"] == runs[("8x1", False)]["total_bytes"]
     fsdp = runs[("2x4", True)]
-    assert fsdp["shards"]["q_proj"] == [[96, 2, 24]]
+    assert fsdp["shards"]["q_proj"] == [[4, 96, 2, 24]]
     assert fsdp["per_device_bytes"] < r24["per_device_bytes"] < r24["total_bytes"]
+
+
+def test_per_layer_weights_keep_their_sharding(report):
+    per = report["per_layer"]
+    assert per["same_ar"] and per["logit_err"] < 1e-4, per
+    assert per["q_proj_shards"] == [[192, 2, 24]] and per["q_proj_spec"] == str(P(None, "model"))  # no layer axis
 
 
 def test_converted_checkpoint_loads_into_its_sharding(report):
     conv = report["converted"]
     assert conv["equal"]
-    assert conv["spec_q"] == str(P(None, "model"))
+    assert conv["spec_q"] == str(P(None, None, "model"))

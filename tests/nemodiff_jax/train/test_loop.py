@@ -63,7 +63,7 @@ def test_export_loads_back(runs, tmp_path):
     _, cfg, full, _, _ = runs
     d = export_hf(tmp_path / "m", cfg.model, jax.tree.map(np.asarray, full["params"]))
     assert (d / "tokenizer.json").is_file()
-    m = load(d, dtype="float32", stacked=True)  # the training layout, leaf for leaf
+    m = load(d, dtype="float32")
     for a, b in zip(jax.tree.leaves(full["params"]), jax.tree.leaves(m.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
