@@ -56,7 +56,7 @@ def load(
     ``quantize="int8"``: the linear kernels in int8 with per-output-channel scales
     (:mod:`nemodiff_jax.model.quantize`), quantized leaf by leaf after reading.
     ``stacked=False``: one subtree per layer instead of the stacked (scanned) layout; on CPU a
-    decode step then copies no weights (AR about 1.9x faster on the shipped model), at the cost
+    decode step then copies no weights (AR 1.28x faster on the shipped model, README), at the cost
     of longer compiles and more temporaries per layer for deep models (docs/DESIGN.md,
     "Parameter layouts")."""
     model = load_model(path, dtype=dtype, attention_impl=attention_impl, mesh=mesh, fsdp=fsdp, stacked=stacked)
