@@ -6,7 +6,7 @@
 * **per-layer**: ``params["layers_0"] ... params["layers_{L-1}"]``, one subtree per layer, run in
   a Python loop (``nemodiff_jax.load(..., stacked=False)``). A scan reads layer ``i`` as
   ``dynamic_slice(stack, i)``, and XLA on CPU materialises that slice, i.e. copies every weight
-  of the model once per forward; for a 1-token decode step that copy was most of the step. Not
+  of the model once per forward, a large part of a 1-token decode step on CPU. Not
   the default: deep models compile longer, and the unrolled decode keeps more temporaries per
   layer (docs/DESIGN.md, "Parameter layouts").
 
