@@ -43,6 +43,7 @@ import numpy as np
 
 from ..model import quantize, sharding
 from ..model.config import NLDConfig
+from ..model.layout import stacked_name
 from ..model.forward import abstract_params
 from .memory import MODES, lower_decode_on
 
@@ -95,7 +96,7 @@ def _quantized(tree, prefix: str = ""):
     out = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        rule = re.sub(r"^layers_\d+\.", "layers.", name)  # per-layer leaves (model/layout.py)
+        rule, _ = stacked_name(name)  # per-layer leaves (model/layout.py)
         if rule in quantize.CONTRACTING:
             out[key] = jax.eval_shape(
                 lambda w, n=name, r=rule: quantize.quantize_leaf(w, quantize.CONTRACTING[r], n.startswith("layers.")),

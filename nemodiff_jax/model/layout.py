@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 _LAYER_KEY = re.compile(r"^layers_(\d+)$")
+_LAYER_PREFIX = re.compile(r"^layers_\d+\.")
 
 
 def is_stacked(params) -> bool:
@@ -35,6 +36,14 @@ def is_stacked(params) -> bool:
     if any(_LAYER_KEY.match(k) for k in params):
         return False
     raise ValueError("parameters hold neither 'layers' (stacked) nor 'layers_0' ... (per-layer) subtrees")
+
+
+def stacked_name(name: str) -> tuple[str, bool]:
+    """A parameter leaf's dotted name as the stacked layout spells it, and whether it was a
+    per-layer leaf (no layer axis): ``"layers_3.mlp.up_proj"`` -> ``("layers.mlp.up_proj", True)``.
+    The rule tables (sharding, quantization) are keyed by the stacked names."""
+    m = _LAYER_PREFIX.match(name)
+    return ("layers." + name[m.end():], True) if m else (name, False)
 
 
 def layer_keys(params) -> list[str]:

@@ -15,10 +15,10 @@ matmul), the norms and the draft LoRA (small).
 
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
+
+from .layout import stacked_name
 
 # Leaf -> number of leading contracting (input) axes of the per-layer kernel.
 CONTRACTING = {
@@ -76,7 +76,7 @@ def quantize_params(params, mode: str = "int8"):
     def walk(node, prefix):
         for key, value in list(node.items()):
             name = f"{prefix}{key}"
-            rule = re.sub(r"^layers_\d+\.", "layers.", name)  # a per-layer leaf (layout.py): no layer axis
+            rule, _ = stacked_name(name)  # a per-layer leaf (layout.py) has no layer axis
             if rule in CONTRACTING and not is_quantized(value):
                 node[key] = jax.block_until_ready(quantize_leaf(value, CONTRACTING[rule], name.startswith("layers.")))
             elif isinstance(value, dict) and not is_quantized(value):

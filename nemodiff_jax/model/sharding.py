@@ -21,12 +21,13 @@ Meshes must use ``AxisType.Auto`` axes (:func:`make_mesh` does): ``jax.make_mesh
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from .layout import stacked_name
 
 DATA, MODEL = "data", "model"
 
@@ -107,9 +108,7 @@ def leaf_axes(name: str, ndim: int) -> tuple[str | None, ...]:
     """Logical axes of the parameter leaf ``name`` (dotted path) with ``ndim`` dimensions."""
     # int8 kernels (quantize.py): the values and their keepdims scales follow the kernel's rule
     base = name.removesuffix(".qvalue").removesuffix(".scale_q")
-    per_layer = re.match(r"layers_\d+\.", base)  # the per-layer layout (layout.py): no layer axis
-    if per_layer:
-        base = "layers." + base[per_layer.end():]
+    base, per_layer = stacked_name(base)  # a per-layer leaf (layout.py) has no layer axis
     if base not in PARAM_AXES:
         raise KeyError(f"no sharding rule for parameter {name!r}")
     axes = PARAM_AXES[base]

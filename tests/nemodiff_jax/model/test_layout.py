@@ -15,7 +15,7 @@ import nemodiff_jax as nd
 from nemodiff_jax.io.keymap import iter_hf_tensors
 from nemodiff_jax.model import masks, sharding
 from nemodiff_jax.model.cache import KVCache
-from nemodiff_jax.model.layout import is_stacked, layer_keys, stack_layers, unstack_layers
+from nemodiff_jax.model.layout import is_stacked, layer_keys, stack_layers, stacked_name, unstack_layers
 from nemodiff_jax.model.quantize import quantize_params
 from tests.nemodiff_jax.decode.tiny import ar_oracle, prompts, tiny_model
 
@@ -105,6 +105,9 @@ def test_quantize_and_hf_tensors_read_either_layout():
 
 
 def test_sharding_rules_drop_the_layer_axis_per_layer():
+    assert stacked_name("layers_12.mlp.up_proj") == ("layers.mlp.up_proj", True)
+    assert stacked_name("layers.mlp.up_proj") == ("layers.mlp.up_proj", False)
+    assert stacked_name("layers_x.mlp") == ("layers_x.mlp", False) and stacked_name("norm.scale")[1] is False
     assert sharding.leaf_axes("layers.self_attn.q_proj", 4) == (None, "embed", "heads", None)
     assert sharding.leaf_axes("layers_7.self_attn.q_proj", 3) == ("embed", "heads", None)
     assert sharding.leaf_axes("layers_0.mlp.down_proj.qvalue", 2) == ("mlp", "embed")
