@@ -20,7 +20,10 @@ def reference(q, k, v, policy: AttentionPolicy, *, sm_scale: float):
     b, h, nq, d = q.shape
     kv_heads, t = k.shape[1], k.shape[2]
     qg = q.reshape(b, kv_heads, h // kv_heads, nq, d)
-    scores = jnp.einsum("bkgqd,bktd->bkgqt", qg, k, preferred_element_type=jnp.float32) * sm_scale
+    # Keys as the dot's left operand, contracted over their minor (head) dim: the cache is read
+    # in its own layout; XLA on CPU transposed the whole K cache per forward for q @ k^T.
+    scores_t = jax.lax.dot_general(k, qg, (((3,), (4,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32)
+    scores = scores_t.transpose(0, 1, 3, 4, 2) * sm_scale  # [B, Hkv, G, Q, T]
     mask = build_mask(policy, nq, t)[:, None, None, :, :]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1) * jnp.any(mask, axis=-1, keepdims=True)
