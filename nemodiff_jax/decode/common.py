@@ -106,7 +106,7 @@ def prefill(
     ``prompt_len``. Only the rows' last hidden states see the norm and the head.
     """
     b, p = prompt.shape
-    c, n = chunk_starts(p, prefill_chunk(cfg, b, p, cache.k.shape[3], chunk))
+    c, n = chunk_starts(p, prefill_chunk(cfg, b, p, cache.max_len, chunk))
     last = jnp.asarray(prompt_len, jnp.int32) - 1
 
     def run_chunk(start, cache):
@@ -160,7 +160,7 @@ def prefill_with_window(
     """
     b, p = prompt.shape
     w = window.shape[1]
-    tail = prefill_chunk(cfg, b, p, cache.k.shape[3], chunk)
+    tail = prefill_chunk(cfg, b, p, cache.max_len, chunk)
     prompt_len = jnp.asarray(prompt_len, jnp.int32)
     t = jnp.minimum(prompt_len, tail)
     head = prompt_len - t
@@ -228,7 +228,7 @@ def prefilled(params, cfg: NLDConfig, prompt: Int[Array, "B P"], prompt_len: Int
 
     The one call site of :func:`prefill` for the AR, diffusion and linear modes, so a better
     prefill (chunked, logits at the last position only) drops in here."""
-    cache = KVCache.init(cfg, prompt.shape[0], cache_len, jnp.dtype(cfg.dtype))
+    cache = KVCache.for_params(params, cfg, prompt.shape[0], cache_len, jnp.dtype(cfg.dtype))
     return prefill(params, cfg, prompt, prompt_len, cache)
 
 

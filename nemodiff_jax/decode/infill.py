@@ -78,7 +78,7 @@ def denoise(params, cfg: NLDConfig, prefix: Int[Array, "B P"], prefix_len: Int[A
     b, p = prefix.shape
     w = window.shape[1]
     m = cfg.mask_token_id
-    cache = KVCache.init(cfg, b, p + w, jnp.dtype(cfg.dtype))
+    cache = KVCache.for_params(params, cfg, b, p + w, jnp.dtype(cfg.dtype))
     _, cache = prefill(params, cfg, prefix, prefix_len, cache)
     masked0 = _masked(window, window_len, m)
     n_masked0 = jnp.sum(masked0, axis=1).astype(jnp.int32)

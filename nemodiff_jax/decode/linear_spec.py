@@ -158,7 +158,7 @@ def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -
     proposal's, so sampling stays exact). One forward fewer per call than prefill + draft.
     """
     b, bk, v, m = prompt.shape[0], spec.block_length, cfg.vocab_size, cfg.mask_token_id
-    cache = KVCache.init(cfg, b, spec.cache_len, jnp.dtype(cfg.dtype))
+    cache = KVCache.for_params(params, cfg, b, spec.cache_len, jnp.dtype(cfg.dtype))
     last, mask_logits, cache = prefill_with_window(params, cfg, prompt, prompt_len, cache,
                                                    jnp.full((b, bk), m, jnp.int32), lora=kn.lora)
     key, sub = sampling.split_rows(keys)

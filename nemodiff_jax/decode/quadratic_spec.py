@@ -54,7 +54,7 @@ def start(params, cfg, prompt, prompt_len, keys, kn: Knobs, *, spec: LoopSpec) -
     b = prompt.shape[0]
     bk, m = spec.block_length, cfg.mask_token_id
     # [prompt, M x B] under the mixed mask: the prompt's last chunk and the masks in one forward.
-    cache = KVCache.init(cfg, b, spec.cache_len, jnp.dtype(cfg.dtype))
+    cache = KVCache.for_params(params, cfg, b, spec.cache_len, jnp.dtype(cfg.dtype))
     masks_win = jnp.full((b, bk), m, jnp.int32)
     last, mask_logits, cache = prefill_with_window(params, cfg, prompt, prompt_len, cache, masks_win)
     # d_0 from the last prompt slot (AR); d_j from mask j at prompt_len + j (no shift).

@@ -60,11 +60,8 @@ def put(big: Rows, small: Rows, slot, src: int = 0) -> Rows:
     def row(b, s):
         return jax.lax.dynamic_update_index_in_dim(b, s[src].astype(b.dtype), slot, 0)
 
-    cache = big.cache.replace(
-        k=jax.lax.dynamic_update_index_in_dim(big.cache.k, small.cache.k[:, src], slot, 1),
-        v=jax.lax.dynamic_update_index_in_dim(big.cache.v, small.cache.v[:, src], slot, 1),
-        length=row(big.cache.length, small.cache.length),
-    )
+    cache = big.cache.map_stacks(lambda b, s: jax.lax.dynamic_update_index_in_dim(b, s[:, src], slot, 1), small.cache)
+    cache = cache.replace(length=row(big.cache.length, small.cache.length))
     rest = jax.tree.map(row, big.replace(cache=None), small.replace(cache=None))
     return rest.replace(cache=cache)
 

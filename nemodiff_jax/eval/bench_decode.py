@@ -204,7 +204,7 @@ def forward_timer(model, widths, *, cache_len: int, step_cache_len: int | None =
 
     cfg, calls = model.config, {}
     for w in widths:
-        cache = KVCache.init(cfg, 1, cache_len, jnp.dtype(cfg.dtype)).with_length(jnp.full((1,), 40, jnp.int32))
+        cache = KVCache.for_params(model.params, cfg, 1, cache_len, jnp.dtype(cfg.dtype)).with_length(jnp.full((1,), 40, jnp.int32))
         toks = jnp.full((1, w), 5, jnp.int32)
         pos = 40 + jnp.arange(w, dtype=jnp.int32)[None]
 
@@ -227,7 +227,7 @@ def forward_timer(model, widths, *, cache_len: int, step_cache_len: int | None =
         return jax.lax.fori_loop(0, STEP_CHAIN, one, (jnp.full((1, 1), 5, jnp.int32), cache))[0]
 
     slots = max(step_cache_len or cache_len, 24 + STEP_CHAIN)
-    cache = KVCache.init(cfg, 1, slots, jnp.dtype(cfg.dtype)).with_length(jnp.full((1,), 24, jnp.int32))
+    cache = KVCache.for_params(model.params, cfg, 1, slots, jnp.dtype(cfg.dtype)).with_length(jnp.full((1,), 24, jnp.int32))
     jax.block_until_ready(chain(model.params, cache))
     calls["step"] = (chain, (model.params, cache), STEP_CHAIN)
 

@@ -62,8 +62,7 @@ def canvas_predictions(
     N canvases of one block denoised over the same one-row cached prefix (a peek: no write)."""
     n, bl = canvases.shape
     length = jnp.broadcast_to(cache.length[:1], (n,))
-    shape = (cache.k.shape[0], n) + cache.k.shape[2:]
-    rows = KVCache(jnp.broadcast_to(cache.k[:, :1], shape), jnp.broadcast_to(cache.v[:, :1], shape), length)
+    rows = cache.map_stacks(lambda x: jnp.broadcast_to(x[:, :1], (x.shape[0], n) + x.shape[2:])).with_length(length)
     logits, _ = forward(params, cfg, canvases, positions_from(length, bl), masks.bidirectional(length, bl, n), rows, lora)
     cand = sampling.greedy(logits, cfg.mask_token_id)
     return cand, sampling.confidence(logits, cand)
@@ -78,7 +77,7 @@ def _commit(params, cfg: NLDConfig, cache: KVCache, block: Int[Array, "1 L"]):
 
 @functools.partial(jax.jit, static_argnames=("cfg", "cache_len"))
 def _prefill(params, cfg: NLDConfig, prompt, prompt_len, *, cache_len: int):
-    cache = KVCache.init(cfg, 1, cache_len, jnp.dtype(cfg.dtype))
+    cache = KVCache.for_params(params, cfg, 1, cache_len, jnp.dtype(cfg.dtype))
     logits, cache = prefill(params, cfg, prompt, prompt_len, cache)
     return sampling.greedy(logits, cfg.mask_token_id)[0], cache
 

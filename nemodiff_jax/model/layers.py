@@ -15,7 +15,7 @@ import flax.linen as nn
 from jaxtyping import Array, Float, Int
 
 from .attention import attend
-from .cache import KVCache, write_stacked
+from .cache import KVCache, write_layer, write_stacked
 from .config import NLDConfig
 from .masks import AttentionPolicy
 from .rope import apply_rope, cos_sin, llama4_query_scale
@@ -61,6 +61,10 @@ class Attention(nn.Module):
         k_win, v_win = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, Q, D]
         if kv is None:  # no cache: the window is the whole key set
             k_all, v_all, new_kv = k_win, v_win, None
+        elif layer is None:  # this layer's own arrays (a per-layer cache): written and read whole
+            k_all = write_layer(kv[0], k_win, policy.prefix_len)
+            v_all = write_layer(kv[1], v_win, policy.prefix_len)
+            new_kv = (k_all, v_all)
         else:
             # Write the window into the whole stacked cache (in place: the cache is the scan's
             # carry, not a scanned input with a fresh stacked output), then read this layer.
@@ -70,15 +74,16 @@ class Attention(nn.Module):
             v_all = jax.lax.dynamic_index_in_dim(cv, layer, axis=0, keepdims=False)
             new_kv = (ck, cv)
         out = attend(q.transpose(0, 2, 1, 3), k_all, v_all, policy, d**-0.5, c.attention_impl)
-        out = out.transpose(0, 2, 1, 3)  # [B, Q, H, D]
-        y = jnp.einsum("bqnd,ndh->bqh", out, wo)
+        # [B, Q, H*D] @ [H*D, hidden] as a plain matmul: with the einsum over (n, d) XLA chose to
+        # transpose o_proj instead of the (small) activations, a copy of the weight per forward.
+        flat = out.transpose(0, 2, 1, 3).reshape(*x.shape[:2], nq * d)
+        y = flat @ wo.reshape(nq * d, h)
         if c.lora_rank:
             lora_a = self.param("lora_a", _init, (nq * d, c.lora_rank), dt)
             lora_b = self.param("lora_b", nn.initializers.zeros, (c.lora_rank, h), dt)
         # A LoRA switch that is a Python 0 (AR steps, prefill, verify passes of their own
         # program) is known off at trace time: no adapter matmuls are emitted.
         if c.lora_rank and not (isinstance(lora, (int, float)) and lora == 0):
-            flat = out.reshape(*out.shape[:2], nq * d)
             delta = (flat @ lora_a) @ lora_b
             scale = jnp.asarray(lora, jnp.float32) * c.lora_scale
             if scale.ndim == 1:  # a per-row switch [B]: rows of one forward may differ
@@ -107,7 +112,8 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, carry, layer, cos, sin, qscale, policy, lora):
-        """``carry = (x, kv)``: the residual stream and the whole stacked cache (or None)."""
+        """``carry = (x, kv)``: the residual stream and the whole stacked cache with ``layer`` its
+        index, or this layer's own K/V arrays with ``layer=None``, or None (no cache)."""
         x, kv = carry
         c = self.cfg
         dt = jnp.dtype(c.dtype)
@@ -173,6 +179,9 @@ class NLDModel(nn.Module):
         cos, sin = cos_sin(c, positions)
         qscale = llama4_query_scale(c, positions)
         kv = None if cache is None else (cache.k, cache.v)
+        if self.scan_layers and cache is not None and cache.per_layer:
+            raise ValueError("a per-layer KV cache needs per-layer parameters (nemodiff_jax.model.layout); "
+                             "build the cache with KVCache.for_params(params, ...)")
         if self.scan_layers:
             layers = nn.scan(
                 DecoderLayer,
@@ -182,7 +191,15 @@ class NLDModel(nn.Module):
                 length=c.num_layers,
             )(c, name="layers")
             (x, new_kv), _ = layers((x, kv), jnp.arange(c.num_layers, dtype=jnp.int32), cos, sin, qscale, policy, lora)
-        else:  # per-layer weights (layout.py): each layer reads its own arrays, nothing is sliced
+        elif cache is not None and cache.per_layer:  # per-layer weights and cache: nothing is sliced
+            ks, vs = [], []
+            for i in range(c.num_layers):
+                (x, (k_i, v_i)), _ = DecoderLayer(c, name=f"layers_{i}")(
+                    (x, (cache.k[i], cache.v[i])), None, cos, sin, qscale, policy, lora)
+                ks.append(k_i)
+                vs.append(v_i)
+            new_kv = (tuple(ks), tuple(vs))
+        else:  # per-layer weights (layout.py), a stacked cache or none: no weight is sliced
             carry = (x, kv)
             for i in range(c.num_layers):
                 carry, _ = DecoderLayer(c, name=f"layers_{i}")(carry, i, cos, sin, qscale, policy, lora)

@@ -1,6 +1,6 @@
 """The two parameter layouts: the conversions are exact and inverse, every consumer (forward,
 decode, quantize, sharding rules, the HF key map) reads either, and the per-layer layout is
-the one whose compiled decode slices no weights out of a stack."""
+the one whose compiled decode copies no weights, and (with its per-layer KV cache) no layer's K/V."""
 
 from __future__ import annotations
 
@@ -71,29 +71,79 @@ def test_decode_on_per_layer_weights_equals_brute_force():
         assert len(out.tokens[i]) == 10 or out.tokens[i][-1] == stacked.config.eos_token_id
 
 
-def _weight_slices(model) -> list[str]:
-    """Compiled-HLO ops of a 1-token forward over a cache (a decode step) that produce an array of
-    an MLP weight's shape by slicing (the copy a scan makes of each stacked weight)."""
+def _copies(model) -> dict[str, list[str]]:
+    """Compiled-HLO ops of a 1-token forward over a cache (a decode step) that copy a weight (a
+    scan's slice of a stacked weight, or a transposed weight: ops named copy / slice / transpose
+    with a weight's element count) or slice a layer's K/V out of the stacked cache (ops named
+    slice with a layer's K/V count). The window's in-place writes (dynamic-update-slices) are
+    not copies. The config's sizes make the counts unambiguous."""
     cfg = model.config
-    cache = KVCache.init(cfg, 1, 16, jnp.float32).with_length(jnp.full((1,), 5, jnp.int32))
+    cache = KVCache.for_params(model.params, cfg, 1, 16, jnp.float32).with_length(jnp.full((1,), 5, jnp.int32))
     tok, pos = jnp.full((1, 1), 3, jnp.int32), jnp.full((1, 1), 5, jnp.int32)
-    hlo = jax.jit(lambda p, c: nd.forward(p, cfg, tok, pos, masks.causal(c.length, 1, 1), c)).lower(
+    # the cache donated, as the decode loop carries it: otherwise XLA copies the input to the output
+    hlo = jax.jit(lambda p, c: nd.forward(p, cfg, tok, pos, masks.causal(c.length, 1, 1), c), donate_argnums=1).lower(
         model.params, cache).compile().as_text()
-    shapes = {f"f32[{cfg.hidden_size},{cfg.intermediate_size}]", f"f32[{cfg.intermediate_size},{cfg.hidden_size}]"}
-    found = []
+    h, i, q = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim
+    weights = {h * i, h * q, h * cfg.num_kv_heads * cfg.head_dim}
+    layer_kv = cfg.num_kv_heads * 16 * cfg.head_dim
+    found = {"weights": [], "cache": []}
     for line in hlo.splitlines():
-        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\w+\[[\d,]*\])", line)
-        if m and "slice" in m.group(1) and m.group(2) in shapes:
-            found.append(m.group(1))
+        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = \w+\[([\d,]*)\]", line)
+        if not m or "update" in m.group(1) or not any(w in m.group(1) for w in ("copy", "slice", "transpose")):
+            continue
+        n = int(np.prod([int(x) for x in m.group(2).split(",") if x]))
+        if n in weights:
+            found["weights"].append(m.group(1))
+        elif n == layer_kv and "slice" in m.group(1):
+            found["cache"].append(m.group(1))
     return found
 
 
-def test_per_layer_decode_copies_no_weights():
-    cfg = tiny_model().config.replace(hidden_size=48, intermediate_size=80, num_heads=2, head_dim=24)
+def test_per_layer_decode_copies_no_weights_and_slices_no_cache():
+    """Per-layer weights with their per-layer cache: a decode step copies no weight (o_proj's
+    transpose included) and slices no layer's K/V out of a stack. Stacked, the scan does both
+    (the detector is shown to fire)."""
+    cfg = tiny_model().config.replace(hidden_size=48, intermediate_size=80, num_heads=2, num_kv_heads=1,
+                                      head_dim=24)
+    assert len({48 * 80, 48 * 48, 48 * 24, 24 * 16}) == 4
     stacked = nd.Model(cfg, nd.init_params(cfg, 0))
     per = stacked.replace(params=unstack_layers(stacked.params))
-    assert _weight_slices(stacked)  # the scan's copies: what this test looks for is really there
-    assert _weight_slices(per) == []
+    got = _copies(stacked)
+    assert got["weights"] and got["cache"], got
+    assert _copies(per) == {"weights": [], "cache": []}
+
+
+def test_per_layer_cache_operations_match_the_stacked_cache():
+    """crop-free cache operations (strided keep, slot refill, row broadcast) on the per-layer
+    cache equal the stacked cache's, layer by layer; mixing layouts is refused by name."""
+    from nemodiff_jax.decode.rows import fresh, put
+
+    cfg = tiny_model().config
+    rng = np.random.default_rng(4)
+    stacked = KVCache.init(cfg, 3, 24)
+    assert KVCache.for_params(nd.init_params(cfg, 0, stacked=False), cfg, 3, 24).per_layer
+    k, v = (rng.normal(size=stacked.k.shape).astype(np.float32) for _ in range(2))
+    stacked = stacked.replace(k=jnp.asarray(k), v=jnp.asarray(v))
+    per = KVCache.init(cfg, 3, 24, per_layer=True)
+    assert per.max_len == stacked.max_len == 24 and len(per.k) == cfg.num_layers
+    per = per.replace(k=tuple(jnp.asarray(x) for x in k), v=tuple(jnp.asarray(x) for x in v))
+
+    def same(a, b):
+        for i in range(cfg.num_layers):
+            np.testing.assert_array_equal(np.asarray(a.k[i]), np.asarray(b.k)[i])
+            np.testing.assert_array_equal(np.asarray(a.v[i]), np.asarray(b.v)[i])
+
+    start = jnp.asarray([2, 5, 0], jnp.int32)
+    same(per.keep_strided(start, 3, 4), stacked.keep_strided(start, 3, 4))
+    small_s, small_p = stacked.map_stacks(lambda x: x[:, ::-1]), per.map_stacks(lambda x: x[:, ::-1])
+    key = jnp.zeros((3, 2), jnp.uint32)  # raw key data, as the engine's rows carry it
+    rows = [fresh(3, 8, 0, key, c, {}) for c in (stacked, per, small_s, small_p)]
+    same(put(rows[1], rows[3], 1, src=2).cache, put(rows[0], rows[2], 1, src=2).cache)
+    with pytest.raises(ValueError, match="different layouts"):
+        per.map_stacks(lambda a, b: a, stacked)
+    with pytest.raises(ValueError, match="per-layer KV cache needs per-layer parameters"):
+        nd.forward(nd.init_params(cfg, 0), cfg, jnp.ones((3, 1), jnp.int32), jnp.ones((3, 1), jnp.int32),
+                   masks.causal(per.length, 1, 3), per)
 
 
 def test_quantize_and_hf_tensors_read_either_layout():
