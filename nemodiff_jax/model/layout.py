@@ -6,9 +6,9 @@
 * **per-layer**: ``params["layers_0"] ... params["layers_{L-1}"]``, one subtree per layer, run in
   a Python loop (``nemodiff_jax.load(..., stacked=False)``). A scan reads layer ``i`` as
   ``dynamic_slice(stack, i)``, and XLA on CPU materialises that slice, i.e. copies every weight
-  of the model once per forward, a large part of a 1-token decode step on CPU. Not
-  the default: deep models compile longer, and the unrolled decode keeps more temporaries per
-  layer (docs/DESIGN.md, "Parameter layouts").
+  of the model once per forward, a large part of a 1-token decode step on CPU. Decoders give
+  it a per-layer KV cache too (``KVCache.for_params``). Not the default: deep models compile
+  about four times longer (docs/DESIGN.md, "Parameter layouts").
 
 Both layouts hold the same arrays and give the same logits; :func:`~.forward.forward` takes
 either. The conversions go leaf by leaf and, for a tree the caller hands over, free each source
