@@ -62,7 +62,7 @@ def canvas_predictions(
     N canvases of one block denoised over the same one-row cached prefix (a peek: no write)."""
     n, bl = canvases.shape
     length = jnp.broadcast_to(cache.length[:1], (n,))
-    rows = cache.map_stacks(lambda x: jnp.broadcast_to(x[:, :1], (x.shape[0], n) + x.shape[2:])).with_length(length)
+    rows = cache.map_stacks(lambda x: jnp.broadcast_to(x[:, :1], (x.shape[0], n) + x.shape[2:])).replace(length=length)
     logits, _ = forward(params, cfg, canvases, positions_from(length, bl), masks.bidirectional(length, bl, n), rows, lora)
     cand = sampling.greedy(logits, cfg.mask_token_id)
     return cand, sampling.confidence(logits, cand)
