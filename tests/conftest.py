@@ -3,8 +3,9 @@
 jaxtyping's import hook wraps every annotated function and dataclass in our packages with
 beartype, so a wrong shape or dtype fails the test at trace time.
 
-Run time is mostly XLA compilation, so the session shares one persistent compilation cache
-(below) and the slowest modules are scheduled first (``SLOW_FIRST``).
+Run time is mostly XLA compilation, so LLVM runs at -O0 (``tests/subprocess_env.py`` says why
+that is safe), the session shares one persistent compilation cache (below) and the slowest
+modules are scheduled first (``SLOW_FIRST``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):  # see subprocess_env.py
+    from tests.subprocess_env import COMPILE_FLAGS
+
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {COMPILE_FLAGS}".strip()
 
 # One persistent compilation cache per test session, in a fresh temporary directory made by the
 # first process (before JAX is imported) and inherited through the environment by the xdist

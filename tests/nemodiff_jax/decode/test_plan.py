@@ -27,13 +27,14 @@ from nemodiff_jax.decode.plan import (
 from nemodiff_jax.model import quantize
 from nemodiff_jax.model.config import NLDConfig
 from nemodiff_jax.model.forward import init_params
+from tests.subprocess_env import child_env
 
 ROOT = Path(__file__).resolve().parents[3]
 MIB = 2**20
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = child_env()
     return {**env, "JAX_PLATFORMS": "cpu", **extra}
 
 

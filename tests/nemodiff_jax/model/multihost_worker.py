@@ -14,7 +14,7 @@ import sys
 
 local = "--local" in sys.argv
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ["XLA_FLAGS"] = "" if local else "--xla_force_host_platform_device_count=4"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + ("" if local else " --xla_force_host_platform_device_count=4")
 
 import jax  # noqa: E402
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from tests.subprocess_env import child_env
 
 ROOT = Path(__file__).resolve().parents[3]
 WORKER = "tests.nemodiff_jax.model.multihost_worker"
@@ -28,7 +29,7 @@ def _report(out: str) -> dict:
 
 def test_two_processes_decode_like_one():
     modes = "ar,diffusion,linear_spec,quadratic_spec" if os.environ.get("NEMODIFF_SLOW") == "1" else "ar,linear_spec"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = child_env()
     coord = f"localhost:{_free_port()}"
     procs = [
         subprocess.Popen([sys.executable, "-m", WORKER, coord, "2", str(i), "--modes", modes], cwd=ROOT, env=env,

@@ -17,6 +17,7 @@ import pytest
 from nemodiff_jax import NLDConfig, abstract_params
 from nemodiff_jax.model.sharding import FSDP_RULES, PARAM_AXES, RULES, leaf_axes, spec_for
 from jax.sharding import PartitionSpec as P
+from tests.subprocess_env import child_env
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -53,7 +54,7 @@ def report(tmp_path_factory):
 
     converted = convert_hf(EMBEDDED_DIR, tmp_path_factory.mktemp("conv") / "embedded")
     plan = "full" if os.environ.get("NEMODIFF_SLOW") == "1" else "quick"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = child_env()
     proc = subprocess.run(
         [sys.executable, "-m", "tests.nemodiff_jax.model.sharding_worker", "--plan", plan, "--converted", str(converted)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
