@@ -13,7 +13,6 @@ here); on the 2x4 mesh the two agree within 1%.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
