@@ -103,3 +103,15 @@ def test_bench_decode_cli(tmp_path, capsys):
     assert main(["bench", "decode", "--sides", "ar/1,nope"]) == 2
     assert "--sides: unknown ['nope']" in capsys.readouterr().err
     assert main(["bench", "decode", "--repeats", "0"]) == 2
+
+
+def test_paired_round_ratios_are_the_per_round_tok_s_ratios():
+    num = {"tokens": 30, "walls": [0.10, 0.30, 0.20, 0.25]}
+    den = {"tokens": 20, "walls": [0.40, 0.30, 0.10, 0.50]}
+    per = sorted((30 / a) / (20 / b) for a, b in zip(num["walls"], den["walls"]))  # 6.0, 1.5, 0.75, 3.0
+    got = bench_decode.paired(num, den)
+    assert got["round_min"] == pytest.approx(0.75) and got["round_max"] == pytest.approx(6.0)
+    assert got["round_median"] == pytest.approx((per[1] + per[2]) / 2) == pytest.approx(2.25)
+    odd = bench_decode.paired({"tokens": 1, "walls": [1.0, 2.0, 4.0]}, {"tokens": 1, "walls": [1.0, 1.0, 1.0]})
+    assert odd["round_median"] == pytest.approx(0.5)
+    assert bench_decode.paired({"tokens": 1, "walls": []}, {"tokens": 1, "walls": []}) == {}
