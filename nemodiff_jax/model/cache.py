@@ -93,22 +93,10 @@ class KVCache:
         """
         idx = jnp.arange(count, dtype=jnp.int32)
 
-        def one_row(kr, vr, s):  # kr: [L, K, T, D]
-            src = s + idx * stride
-            gathered_k = jnp.take(kr, src, axis=2)
-            gathered_v = jnp.take(vr, src, axis=2)
-            kr = jax.lax.dynamic_update_slice_in_dim(kr, gathered_k, s, axis=2)
-            vr = jax.lax.dynamic_update_slice_in_dim(vr, gathered_v, s, axis=2)
-            return kr, vr
+        def one_row(xr, s):  # xr: [L, K, T, D], one row of K or V
+            return jax.lax.dynamic_update_slice_in_dim(xr, jnp.take(xr, s + idx * stride, axis=2), s, axis=2)
 
-        def stack(k, v):
-            return jax.vmap(one_row, in_axes=(1, 1, 0), out_axes=(1, 1))(k, v, start)
-
-        if not self.per_layer:
-            k, v = stack(self.k, self.v)
-            return self.replace(k=k, v=v)
-        kv = [stack(k[None], v[None]) for k, v in zip(self.k, self.v)]
-        return self.replace(k=tuple(k[0] for k, _ in kv), v=tuple(v[0] for _, v in kv))
+        return self.map_stacks(lambda x: jax.vmap(one_row, in_axes=(1, 0), out_axes=1)(x, start))
 
 
 def write_window(cache_kv: Float[Array, "B K T D"], window_kv: Float[Array, "B K Q D"], start: Int[Array, "B"]):
