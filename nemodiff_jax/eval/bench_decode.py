@@ -40,9 +40,10 @@ import inspect
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
+
+from ..guard import atomic_write_text
 
 OURS = {
     "ar": {"mode": "ar"},
@@ -388,8 +389,15 @@ def paired(num: dict, den: dict) -> dict:
 
 
 def write_json_atomic(path, obj) -> Path:
-    """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder + rename."""
-    return _write_text_atomic(path, json.dumps(obj, indent=2))
+    """Write ``obj`` as JSON to ``path`` (its folder made if need be) through a temporary file in
+    that folder and a rename (:func:`nemodiff_jax.guard.atomic_write_text`)."""
+    return _write_text(path, json.dumps(obj, indent=2))
+
+
+def _write_text(path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, text)
 
 
 def format_table(result: dict) -> str:
@@ -473,21 +481,6 @@ def main(argv: list[str] | None = None) -> int:
                               torch_threads=a.torch_threads)
     table = format_table(result)
     if a.markdown:
-        _write_text_atomic(a.markdown, table + "\n")
+        _write_text(a.markdown, table + "\n")
     print(table)
     return 0
-
-
-def _write_text_atomic(path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

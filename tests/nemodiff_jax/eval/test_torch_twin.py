@@ -4,6 +4,7 @@ decode benchmark harness reports every side."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -90,7 +91,7 @@ def test_bench_smoke(model, tmp_path):
 def test_bench_decode_cli(tmp_path, capsys):
     from nemodiff_jax.cli import main
 
-    md, js = tmp_path / "b.md", tmp_path / "b.json"
+    md, js = tmp_path / "b.md", tmp_path / "new" / "b.json"  # --out's folder is made
     rc = main(["bench", "decode", "--sides", "ar/1,twin_ar/1", "--prompts", "1", "--batch-prompts", "1",
                "--slots", "1", "--max-new-tokens", "8", "--repeats", "1", "--quiet", "--markdown", str(md),
                "--out", str(js)])
@@ -100,6 +101,10 @@ def test_bench_decode_cli(tmp_path, capsys):
     assert "Batch-1 forward alone" not in printed  # no linear_spec+lora side: no bound to state
     assert md.read_text().strip() == printed.strip()
     assert set(json.loads(js.read_text())["sides"]) == {"ar/1", "twin_ar/1"}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (js.stat().st_mode & 0o777) == (0o666 & ~umask)  # a normal file, not mkstemp's 0600
+    assert sorted(p.name for p in js.parent.iterdir()) == ["b.json"]  # no temporary left behind
     assert main(["bench", "decode", "--sides", "ar/1,nope"]) == 2
     assert "--sides: unknown ['nope']" in capsys.readouterr().err
     assert main(["bench", "decode", "--repeats", "0"]) == 2
