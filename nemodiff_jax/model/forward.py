@@ -20,7 +20,7 @@ from . import masks
 from .cache import KVCache
 from .config import NLDConfig
 from .masks import AttentionPolicy
-from .layers import NLDModel
+from .layers import NLDModel, lora_known_off
 from .layers import final_logits as _final_logits
 from .layout import is_stacked, unstack_layers
 
@@ -67,7 +67,6 @@ def count_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
 def forward(
     params,
     cfg: NLDConfig,
@@ -82,17 +81,17 @@ def forward(
     """The shared forward: float32 logits and the cache with the window written at ``prefix_len``.
 
     ``params`` in either layout of :mod:`.layout` (stacked: one scanned layer; per layer: no
-    weight is sliced, faster decode steps on CPU).
+    weight is sliced, faster decode steps on CPU). ``lora``: the draft LoRA's switch, a scalar,
+    ``[B]`` or ``[B, Q]``; a Python 0 (or False, or None) is off at trace time (no adapter
+    matmuls), anything else is traced.
 
     Logits ``[B, Q, V]`` of the whole window by default; with ``logits_at`` (int ``[B]`` or
     ``[B, K]`` window indices) only those rows' logits, ``[B, V]`` or ``[B, K, V]``, so the
     norm and the head run on ``B`` (or ``B x K``) hidden states instead of ``B x Q``.
     """
-    return NLDModel(cfg, is_stacked(params)).apply({"params": params}, tokens, positions, policy, cache, lora,
-                                                   logits_at=logits_at)
+    return _forward(params, cfg, tokens, positions, policy, cache, _switch(lora), logits_at=logits_at)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
 def forward_hidden(
     params,
     cfg: NLDConfig,
@@ -106,6 +105,24 @@ def forward_hidden(
 
     :func:`final_logits` turns (gathered) hidden states into the logits ``forward`` gives.
     """
+    return _forward_hidden(params, cfg, tokens, positions, policy, cache, _switch(lora))
+
+
+def _switch(lora):
+    """The LoRA switch as it crosses the jit boundary. A Python 0 would arrive traced, and the
+    layers would emit the adapter matmuls of every AR step, prefill and verify pass only to scale
+    them by zero; None is an empty pytree, so "off" stays known at trace time."""
+    return None if lora_known_off(lora) else lora
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _forward(params, cfg: NLDConfig, tokens, positions, policy, cache, lora, *, logits_at=None):
+    return NLDModel(cfg, is_stacked(params)).apply({"params": params}, tokens, positions, policy, cache, lora,
+                                                   logits_at=logits_at)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _forward_hidden(params, cfg: NLDConfig, tokens, positions, policy, cache, lora):
     return NLDModel(cfg, is_stacked(params)).apply({"params": params}, tokens, positions, policy, cache, lora,
                                                    head=False)
 

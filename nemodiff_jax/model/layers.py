@@ -25,6 +25,11 @@ from .sharding import HIDDEN_AXES, constrain
 _init = nn.initializers.normal(stddev=0.02)
 
 
+def lora_known_off(lora) -> bool:
+    """Whether a LoRA switch is off at trace time: None, or a Python 0 / 0.0 / False."""
+    return lora is None or (isinstance(lora, (int, float)) and lora == 0)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm with float32 statistics, cast back before the weight (as transformers does)."""
 
@@ -81,9 +86,9 @@ class Attention(nn.Module):
         if c.lora_rank:
             lora_a = self.param("lora_a", _init, (nq * d, c.lora_rank), dt)
             lora_b = self.param("lora_b", nn.initializers.zeros, (c.lora_rank, h), dt)
-        # A LoRA switch that is a Python 0 (AR steps, prefill, verify passes of their own
-        # program) is known off at trace time: no adapter matmuls are emitted.
-        if c.lora_rank and not (isinstance(lora, (int, float)) and lora == 0):
+        # A switch known off at trace time (AR steps, prefill, verify passes: a Python 0, or
+        # the None that forward() passes through its jit for one) emits no adapter matmuls.
+        if c.lora_rank and not lora_known_off(lora):
             delta = (flat @ lora_a) @ lora_b
             scale = jnp.asarray(lora, jnp.float32) * c.lora_scale
             if scale.ndim == 1:  # a per-row switch [B]: rows of one forward may differ
