@@ -25,8 +25,11 @@ prompt ids), same weights, greedy, for every side:
 
 Timing: one warm-up pass per side first (every prompt, so every shape bucket is compiled; its
 wall time minus the best timed pass is reported as ``compile_s``), then ``repeats`` rounds, each
-running every side once in turn (interleaved, so a noisy machine hits every side alike); a side's
-time is its best round. tok/s = generated tokens (EOS included, cut at ``max_new_tokens``) / wall
+running every side once (interleaved, so a noisy machine hits every side alike), in a seeded
+shuffle of the sides that differs round to round (:func:`round_orders`): in one fixed order the
+side after ``quadratic_spec/slots`` (a 13-15 s all-core run) was slowed in every round, and the
+per-layer AR row measured 0.96-1.09x instead of the 1.41-1.57x it shows elsewhere; a side's time
+is its best round. tok/s = generated tokens (EOS included, cut at ``max_new_tokens``) / wall
 seconds of the pass (host work included: ours and torch alike); TPF = tokens / forwards with the
 engine's NFE conventions (:mod:`nemodiff_jax.decode.generate`). XLA compilations during the timed
 rounds are counted (``timed_compiles``; expect 0).
@@ -40,6 +43,7 @@ import inspect
 import json
 import os
 import platform
+import random
 import time
 from pathlib import Path
 
@@ -326,10 +330,12 @@ def run_decode_bench(
     timer = forward_timer(model, sorted({1, block_length}), cache_len=2 * max(64, block_length) + 64,
                           step_cache_len=32 + max_new_tokens)  # an AR call's cache: a 32-wide prompt + the output
     fwd: dict[int, float] = {}
-    for r in range(repeats):
+    orders = round_orders(tuple(runners), repeats)
+    for r, order in enumerate(orders):
         # the forward alone, timed in every round too, so it sees the same machine as the sides
         fwd = {w: min(t, fwd.get(w, t)) for w, t in timer().items()}
-        for s, (_, _, run) in runners.items():
+        for s in order:
+            run = runners[s][2]
             with CompileCounter() as cc:
                 t0 = time.perf_counter()
                 toks, nfe, _ = run()
@@ -364,6 +370,7 @@ def run_decode_bench(
         "settings": {"model": str(model_name), "n_prompts": n_prompts, "max_new_tokens": max_new_tokens,
                      "block_length": block_length, "repeats": repeats, "slots": slots,
                      "batch_prompts": batch_prompts, "slots_supported": slots_ok, "greedy": True,
+                     "round_orders": orders,
                      "prompts": "held-out task split (evaluate_embedded): <bos> + prompt ids"},
         "machine": machine_info(),
         "sides": res,
@@ -373,6 +380,18 @@ def run_decode_bench(
     if out is not None:
         write_json_atomic(out, result)
     return result
+
+
+def round_orders(sides: tuple[str, ...], repeats: int, seed: int = 0) -> list[list[str]]:
+    """The order of the sides in each timed round: a shuffle seeded by ``(seed, round)``, so every
+    run uses the same orders and no side follows the same neighbour in every round (a heavy side
+    would otherwise slow the one after it every time, and best-of-rounds could not escape it)."""
+    orders = []
+    for r in range(repeats):
+        order = list(sides)
+        random.Random(seed * 1_000_003 + r).shuffle(order)
+        orders.append(order)
+    return orders
 
 
 def paired(num: dict, den: dict) -> dict:

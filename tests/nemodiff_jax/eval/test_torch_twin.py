@@ -86,6 +86,7 @@ def test_bench_smoke(model, tmp_path):
     for s in bench_decode.SIDES:
         assert f"| {s} |" in table
     assert json.loads(out.read_text())["sides"].keys() == res["sides"].keys()
+    assert res["settings"]["round_orders"] == bench_decode.round_orders(bench_decode.SIDES, 1)
 
 
 def test_bench_decode_cli(tmp_path, capsys):
@@ -120,3 +121,15 @@ def test_paired_round_ratios_are_the_per_round_tok_s_ratios():
     odd = bench_decode.paired({"tokens": 1, "walls": [1.0, 2.0, 4.0]}, {"tokens": 1, "walls": [1.0, 1.0, 1.0]})
     assert odd["round_median"] == pytest.approx(0.5)
     assert bench_decode.paired({"tokens": 1, "walls": []}, {"tokens": 1, "walls": []}) == {}
+
+
+def test_round_orders_shuffle_the_neighbours():
+    """Every round runs every side once, the same orders on every run, and no side follows the
+    same neighbour in every round (in one fixed order a heavy side slowed its successor each time)."""
+    orders = bench_decode.round_orders(bench_decode.SIDES, 5)
+    assert orders == bench_decode.round_orders(bench_decode.SIDES, 5)
+    assert len(orders) == 5 and all(sorted(o) == sorted(bench_decode.SIDES) for o in orders)
+    assert len({tuple(o) for o in orders}) == 5
+    for side in bench_decode.SIDES:
+        after = {o[o.index(side) + 1] if o.index(side) + 1 < len(o) else None for o in orders}
+        assert len(after) > 1, side
