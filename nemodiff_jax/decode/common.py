@@ -26,6 +26,7 @@ from . import sampling
 from ..model.cache import KVCache
 from ..model.config import NLDConfig
 from ..model.forward import final_logits, forward, forward_hidden
+from ..model.layers import lora_known_off
 
 
 @struct.dataclass
@@ -172,8 +173,8 @@ def prefill_with_window(
     win = jnp.take_along_axis(window, jnp.clip(col - t[:, None], 0, w - 1), axis=1)
     in_prompt, in_window = col < t[:, None], col < (t + w)[:, None]
     tokens = jnp.where(in_prompt, src, jnp.where(in_window, win, cfg.pad_token_id))
-    if isinstance(lora, (int, float)) and lora == 0:
-        scale = 0.0  # known off: no adapter matmuls
+    if lora_known_off(lora):
+        scale = 0  # known off: no adapter matmuls
     else:
         scale = jnp.where(in_prompt, 0.0, jnp.broadcast_to(jnp.asarray(lora, jnp.float32), (b,))[:, None])
     at = t[:, None] - 1 + jnp.arange(w + 1, dtype=jnp.int32)[None, :]
